@@ -1,0 +1,294 @@
+//! The session cookie: an HMAC-SHA256 signature over the user id, the name and the issue time.
+//!
+//! Cookie value: `v1.<kid>.<payload>.<mac>` where `payload` is base64url of
+//! `{"uid":..,"name":..,"iat":..}`, `kid` names the key (the first 8 hex digits of SHA-256 of
+//! the key, so a rotated key is recognised as "another key", not as a forgery), and `mac` is
+//! base64url of HMAC-SHA256 over `v1.<kid>.<payload>`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The cookie's name.
+pub const COOKIE_NAME: &str = "nebula_session";
+
+/// A user as every frame shows it. Cheap to clone: both strings are shared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct User {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// Why a cookie or a name was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("malformed session")]
+    Malformed,
+    #[error("session signed with another key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("session expired")]
+    Expired,
+    #[error("name must be 1 to 32 characters without control characters")]
+    InvalidName,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    uid: String,
+    name: String,
+    iat: u64,
+}
+
+/// Signs and verifies session cookies.
+#[derive(Clone)]
+pub struct Keys {
+    key: Arc<[u8]>,
+    kid: Arc<str>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Keys from a secret and a session lifetime.
+    pub fn new(secret: &[u8], ttl: Duration) -> Keys {
+        let digest = Sha256::digest(secret);
+        let kid: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Keys {
+            key: secret.into(),
+            kid: kid.into(),
+            ttl,
+        }
+    }
+
+    /// The secret from `--secret`, or the one kept in `data_dir/secret` (created with mode 0600
+    /// on first start), so cookies survive restarts.
+    pub fn load_or_create(
+        secret: Option<&str>,
+        data_dir: &Path,
+        ttl: Duration,
+    ) -> std::io::Result<Keys> {
+        if let Some(s) = secret.filter(|s| !s.is_empty()) {
+            return Ok(Keys::new(s.as_bytes(), ttl));
+        }
+        let path = data_dir.join("secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => return Ok(Keys::new(s.trim().as_bytes(), ttl)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(hex.as_bytes())?;
+        file.sync_all()?;
+        Ok(Keys::new(hex.as_bytes(), ttl))
+    }
+
+    /// The session lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn mac(&self, signed: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
+        mac.update(signed.as_bytes());
+        mac
+    }
+
+    /// Signs a session for `user`, issued at `iat` (seconds since the epoch).
+    pub fn sign(&self, user: &User, iat: u64) -> String {
+        let payload = Payload {
+            uid: user.id.to_string(),
+            name: user.name.to_string(),
+            iat,
+        };
+        let payload = B64.encode(serde_json::to_vec(&payload).expect("payload serializes"));
+        let signed = format!("v1.{}.{payload}", self.kid);
+        let tag = B64.encode(self.mac(&signed).finalize().into_bytes());
+        format!("{signed}.{tag}")
+    }
+
+    /// Verifies a cookie value at time `now` (seconds since the epoch).
+    pub fn verify(&self, value: &str, now: u64) -> Result<User, AuthError> {
+        let mut parts = value.split('.');
+        let (Some("v1"), Some(kid), Some(payload), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(AuthError::Malformed);
+        };
+        if kid != &*self.kid {
+            return Err(AuthError::UnknownKey);
+        }
+        let tag = B64.decode(tag).map_err(|_| AuthError::Malformed)?;
+        let signed_len = value.len() - tag_len(value);
+        self.mac(&value[..signed_len])
+            .verify_slice(&tag)
+            .map_err(|_| AuthError::BadSignature)?;
+        let payload = B64.decode(payload).map_err(|_| AuthError::Malformed)?;
+        let payload: Payload =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+        if payload.iat.saturating_add(self.ttl.as_secs()) <= now || payload.iat > now + 300 {
+            return Err(AuthError::Expired);
+        }
+        let name = validate_name(&payload.name)?;
+        Ok(User {
+            id: payload.uid.into(),
+            name: name.into(),
+        })
+    }
+
+    /// Finds and verifies the session cookie in a `Cookie` header value.
+    pub fn verify_cookie_header(&self, header: &str, now: u64) -> Result<User, AuthError> {
+        let value = header
+            .split(';')
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE_NAME)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::Malformed)?;
+        self.verify(value, now)
+    }
+
+    /// The `Set-Cookie` header value for a session.
+    pub fn set_cookie(&self, user: &User, now: u64) -> String {
+        format!(
+            "{COOKIE_NAME}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}",
+            self.sign(user, now),
+            self.ttl.as_secs()
+        )
+    }
+}
+
+/// Length of the `.<tag>` suffix of a cookie value.
+fn tag_len(value: &str) -> usize {
+    value.rfind('.').map_or(0, |i| value.len() - i)
+}
+
+/// The `Set-Cookie` header value that clears the session.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0")
+}
+
+/// Trims a user name and checks it: 1 to 32 characters, no control characters.
+pub fn validate_name(name: &str) -> Result<&str, AuthError> {
+    let name = name.trim();
+    let count = name.chars().count();
+    if count == 0 || count > 32 || name.chars().any(char::is_control) {
+        return Err(AuthError::InvalidName);
+    }
+    Ok(name)
+}
+
+/// A new opaque user id.
+pub fn new_user_id() -> Arc<str> {
+    let bytes: [u8; 12] = rand::random();
+    B64.encode(bytes).into()
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> User {
+        User {
+            id: "u1".into(),
+            name: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn signed_cookie_round_trips() {
+        let keys = Keys::new(b"secret", Duration::from_secs(60));
+        let v = keys.sign(&alice(), 1000);
+        assert_eq!(keys.verify(&v, 1010), Ok(alice()));
+    }
+
+    #[test]
+    fn tampered_expired_and_foreign_cookies_are_refused() {
+        let keys = Keys::new(b"secret", Duration::from_secs(60));
+        let v = keys.sign(&alice(), 1000);
+        let other = User {
+            id: "u2".into(),
+            name: "mallory".into(),
+        };
+        let forged_payload = keys.sign(&other, 1000);
+        let (head, _) = forged_payload.rsplit_once('.').unwrap();
+        let (_, tag) = v.rsplit_once('.').unwrap();
+        assert_eq!(
+            keys.verify(&format!("{head}.{tag}"), 1010),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(keys.verify(&v, 1060), Err(AuthError::Expired));
+        assert_eq!(keys.verify("garbage", 1010), Err(AuthError::Malformed));
+        let foreign = Keys::new(b"other", Duration::from_secs(60));
+        assert_eq!(foreign.verify(&v, 1010), Err(AuthError::UnknownKey));
+    }
+
+    #[test]
+    fn cookie_header_is_parsed() {
+        let keys = Keys::new(b"secret", Duration::from_secs(60));
+        let header = format!("a=b; {COOKIE_NAME}={}; c=d", keys.sign(&alice(), 1000));
+        assert_eq!(keys.verify_cookie_header(&header, 1001), Ok(alice()));
+        assert!(keys.verify_cookie_header("a=b", 1001).is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(validate_name("  bob "), Ok("bob"));
+        assert!(validate_name("").is_err());
+        assert!(validate_name("   ").is_err());
+        assert!(validate_name("a\u{7}b").is_err());
+        assert!(validate_name(&"x".repeat(33)).is_err());
+        assert_eq!(validate_name(&"é".repeat(32)).map(str::len), Ok(64));
+    }
+
+    #[test]
+    fn generated_secret_is_kept_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("nebula-auth-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = Keys::load_or_create(None, &dir, Duration::from_secs(60)).unwrap();
+        let b = Keys::load_or_create(None, &dir, Duration::from_secs(60)).unwrap();
+        assert_eq!(a.kid, b.kid);
+        let mode = std::fs::metadata(dir.join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

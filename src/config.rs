@@ -1,0 +1,110 @@
+//! Configuration: every flag has a `NEBULA_*` environment variable (see docs/PROTOCOL.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How hard the store pushes a commit to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// WAL with `synchronous=NORMAL`: survives `kill -9` of the process; a power loss may lose
+    /// the last transactions that were acknowledged.
+    Normal,
+    /// WAL with `synchronous=FULL`: every commit is fsynced before its acks leave.
+    Always,
+}
+
+/// Nebula's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "nebula",
+    version,
+    about = "A durable, clustered real-time chat server"
+)]
+pub struct Config {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "NEBULA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite room log and the generated secret.
+    #[arg(long, env = "NEBULA_DATA_DIR", default_value = "./nebula-data")]
+    pub data_dir: PathBuf,
+    /// Redis URL; cluster mode when set.
+    #[arg(long = "redis", env = "NEBULA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This node's id (default: hostname plus a short random suffix).
+    #[arg(long, env = "NEBULA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Cookie signing key. Single node: generated and kept in the data dir when unset.
+    #[arg(long, env = "NEBULA_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Extra origins allowed on /ws, comma-separated (e.g. `http://localhost:3000`).
+    #[arg(long, env = "NEBULA_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+    /// Session lifetime in seconds.
+    #[arg(long, env = "NEBULA_SESSION_TTL", default_value_t = 30 * 24 * 3600)]
+    pub session_ttl: u64,
+    /// Publishes per second per user (token bucket, burst of the same size); 0 turns it off.
+    #[arg(long, env = "NEBULA_PUBLISH_RATE", default_value_t = 20)]
+    pub publish_rate: u32,
+    /// Logins plus WebSocket upgrades per second per client IP; 0 turns it off.
+    #[arg(long, env = "NEBULA_CONNECT_RATE", default_value_t = 20)]
+    pub connect_rate: u32,
+    /// Number of hub shards (32 to 64 recommended).
+    #[arg(long, env = "NEBULA_SHARDS", default_value_t = 64)]
+    pub shards: usize,
+    /// Deadline for a graceful shutdown, in seconds.
+    #[arg(long, env = "NEBULA_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+    /// Durability of a commit: `normal` survives kill -9, `always` survives a power loss.
+    #[arg(long, env = "NEBULA_FSYNC", value_enum, default_value_t = Fsync::Normal)]
+    pub fsync: Fsync,
+    /// How many missed messages a `join` with `since` may return before `recovered: false`.
+    #[arg(long, env = "NEBULA_RECOVERY_WINDOW", default_value_t = 10_000)]
+    pub recovery_window: u64,
+    /// Frames a connection may have queued before it is closed with 4008 (slow consumer).
+    #[arg(long, env = "NEBULA_OUTBOX_CAPACITY", default_value_t = 1024)]
+    pub outbox_capacity: usize,
+    /// Publishes the store writer may hold before new ones get `unavailable`.
+    #[arg(long, env = "NEBULA_WRITER_QUEUE", default_value_t = 10_000)]
+    pub writer_queue: usize,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: port 0 on loopback, the given data dir, limits
+    /// at their defaults.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::parse_from(["nebula"]);
+        config.listen = "127.0.0.1:0".parse().expect("static address");
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// The graceful-shutdown deadline.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+
+    /// Checks what clap cannot: cross-flag rules.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        if self.redis_url.is_some() && self.secret.as_deref().is_none_or(str::is_empty) {
+            return Err(crate::Error::Config(
+                "cluster mode (--redis / NEBULA_REDIS_URL) needs --secret / NEBULA_SECRET, \
+                 the same on every node, so that a session cookie is valid on all of them"
+                    .into(),
+            ));
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(crate::Error::Config(
+                "--shards must be between 1 and 1024".into(),
+            ));
+        }
+        if self.outbox_capacity < 16 {
+            return Err(crate::Error::Config(
+                "--outbox-capacity must be at least 16".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! The crate's error type: one variant per module boundary.
+
+use thiserror::Error;
+
+/// Everything that can stop Nebula from starting or running.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("shutdown missed its deadline: {sessions} sessions and {tasks} tasks still running")]
+    ShutdownTimeout { sessions: usize, tasks: usize },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}

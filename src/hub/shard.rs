@@ -1,0 +1,361 @@
+//! A shard: the task that alone owns a set of rooms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::room::{JoinPlan, Member, PendingJoin, Room};
+use super::{HubOptions, ShardMsg};
+use crate::broker::SharedBroker;
+use crate::metrics::Metrics;
+use crate::protocol::{self, DEFAULT_HISTORY, ErrorCode, Frame, Message};
+use crate::session::{ConnId, Outbox, Sent};
+use crate::store::Store;
+
+pub(super) struct Shard {
+    index: usize,
+    rx: mpsc::Receiver<ShardMsg>,
+    /// This shard's own inbox, for store reads that complete later.
+    inbox: mpsc::Sender<ShardMsg>,
+    /// Rooms with members or pending joins.
+    rooms: HashMap<Arc<str>, Room>,
+    /// Latest offset of rooms that have no state in `rooms`.
+    known: HashMap<Arc<str>, u64>,
+    options: HubOptions,
+    broker: SharedBroker,
+    store: Store,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+}
+
+fn not_joined(reply: &Outbox, id: u64) {
+    reply.send(protocol::error(
+        Some(id),
+        ErrorCode::NotJoined,
+        "join the room first",
+    ));
+}
+
+/// Sends `frame` to every member but `except`; returns how many got it queued.
+fn broadcast(room: &Room, frame: &Frame, except: Option<ConnId>, metrics: &Metrics) -> u64 {
+    let mut queued = 0;
+    for (conn, member) in &room.members {
+        if Some(*conn) == except {
+            continue;
+        }
+        match member.outbox.send(frame.clone()) {
+            Sent::Queued => queued += 1,
+            Sent::Overflowed => {
+                metrics.slow_consumers.inc();
+            }
+            Sent::Gone => {}
+        }
+    }
+    queued
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        index: usize,
+        rx: mpsc::Receiver<ShardMsg>,
+        inbox: mpsc::Sender<ShardMsg>,
+        known: HashMap<Arc<str>, u64>,
+        options: HubOptions,
+        broker: SharedBroker,
+        store: Store,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+    ) -> Shard {
+        Shard {
+            index,
+            rx,
+            inbox,
+            rooms: HashMap::new(),
+            known,
+            options,
+            broker,
+            store,
+            metrics,
+            tracker,
+        }
+    }
+
+    /// Handles requests until `Stop`.
+    pub(super) async fn run(mut self) {
+        while let Some(msg) = self.rx.recv().await {
+            match msg {
+                ShardMsg::Join {
+                    member,
+                    room,
+                    since,
+                    id,
+                } => self.join(member, room, since, id),
+                ShardMsg::Leave {
+                    conn,
+                    room,
+                    id,
+                    reply,
+                } => self.leave(conn, &room, id, &reply),
+                ShardMsg::Publish { conn, publish } => {
+                    let joined = self.rooms.get(&publish.room).is_some_and(|r| {
+                        r.members.contains_key(&conn) || r.pending.contains_key(&conn)
+                    });
+                    if joined {
+                        self.broker.publish(publish);
+                    } else {
+                        self.metrics.publishes_refused.inc();
+                        not_joined(&publish.reply, publish.request_id);
+                    }
+                }
+                ShardMsg::Presence {
+                    conn,
+                    room,
+                    id,
+                    reply,
+                } => match self.rooms.get(&room) {
+                    Some(r) if r.members.contains_key(&conn) || r.pending.contains_key(&conn) => {
+                        reply.send(protocol::presence(
+                            id,
+                            &room,
+                            r.users.values().map(|(u, _)| u),
+                        ));
+                    }
+                    _ => not_joined(&reply, id),
+                },
+                ShardMsg::Deliver(message) => self.deliver(message),
+                ShardMsg::Loaded {
+                    room,
+                    conn,
+                    id,
+                    result,
+                } => self.loaded(room, conn, id, result),
+                ShardMsg::Stop => break,
+            }
+        }
+        tracing::debug!(
+            shard = self.index,
+            rooms = self.rooms.len(),
+            "shard stopped"
+        );
+    }
+
+    fn room_mut(&mut self, name: &Arc<str>) -> &mut Room {
+        if !self.rooms.contains_key(name) {
+            let last = self.known.remove(name).unwrap_or(0);
+            self.metrics.rooms.inc();
+            self.rooms.insert(
+                name.clone(),
+                Room::new(name.clone(), last, self.options.ring_capacity),
+            );
+        }
+        self.rooms.get_mut(name).expect("inserted above")
+    }
+
+    /// Drops the state of a room that has nobody left, keeping its latest offset.
+    fn forget_if_empty(&mut self, name: &Arc<str>) {
+        if self
+            .rooms
+            .get(name)
+            .is_some_and(|r| r.members.is_empty() && r.pending.is_empty())
+        {
+            let room = self.rooms.remove(name).expect("checked above");
+            self.known.insert(room.name, room.last);
+            self.metrics.rooms.dec();
+        }
+    }
+
+    fn join(&mut self, member: Member, name: Arc<str>, since: Option<u64>, id: u64) {
+        let window = self.options.recovery_window;
+        let metrics = self.metrics.clone();
+        let room = self.room_mut(&name);
+        let conn = member.outbox.conn;
+        match room.plan_join(since, window, DEFAULT_HISTORY) {
+            JoinPlan::FromRing => {
+                finish_join(room, conn, member, id, since, window, &metrics, None)
+            }
+            JoinPlan::Load { after, limit } => {
+                room.pending.insert(
+                    conn,
+                    PendingJoin {
+                        member,
+                        id,
+                        since,
+                        attempts: 1,
+                    },
+                );
+                self.load(name, conn, id, after, limit);
+            }
+        }
+    }
+
+    /// Reads messages after `after` from the store, off the shard; the result comes back as
+    /// `Loaded`.
+    fn load(&self, room: Arc<str>, conn: ConnId, id: u64, after: u64, limit: usize) {
+        let store = self.store.clone();
+        let inbox = self.inbox.clone();
+        self.tracker.spawn(async move {
+            let result = store
+                .read_after(room.clone(), after, limit)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, %room, "history read for a join failed");
+                });
+            let _shard_stopped = inbox
+                .send(ShardMsg::Loaded {
+                    room,
+                    conn,
+                    id,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn loaded(&mut self, name: Arc<str>, conn: ConnId, id: u64, result: Result<Vec<Message>, ()>) {
+        let window = self.options.recovery_window;
+        let Some(room) = self.rooms.get_mut(&name) else {
+            return;
+        };
+        if room.pending.get(&conn).is_none_or(|p| p.id != id) {
+            return; // Left, or joined again meanwhile: a newer load answers.
+        }
+        let Ok(messages) = result else {
+            let pending = room.pending.remove(&conn).expect("checked above");
+            pending.member.outbox.send(protocol::error(
+                Some(id),
+                ErrorCode::Unavailable,
+                "history is unavailable",
+            ));
+            self.forget_if_empty(&name);
+            return;
+        };
+        let last = room.last;
+        let loaded: Vec<(u64, Frame)> = messages
+            .iter()
+            .filter(|m| m.offset <= last)
+            .map(|m| (m.offset, protocol::message_push(m)))
+            .collect();
+        let loaded_to = loaded.last().map(|(o, _)| *o);
+        // What the store had up to `last` plus what the ring has after it must meet.
+        let meets = match loaded_to {
+            Some(to) => to == last || room.ring.front().is_some_and(|(o, _)| *o <= to + 1),
+            None => room.ring_covers(last.min(DEFAULT_HISTORY as u64)),
+        };
+        if !meets {
+            let pending = room.pending.get(&conn).expect("checked above");
+            let (since, attempts) = (pending.since, pending.attempts);
+            let plan = room.plan_join(since, window, DEFAULT_HISTORY);
+            if let (JoinPlan::Load { after, limit }, true) = (plan, attempts < 3) {
+                room.pending.get_mut(&conn).expect("checked above").attempts += 1;
+                self.load(name, conn, id, after, limit);
+                return;
+            }
+        }
+        room.seed_ring(&loaded);
+        let pending = room.pending.remove(&conn).expect("checked above");
+        let complete =
+            meets || room.plan_join(pending.since, window, DEFAULT_HISTORY) == JoinPlan::FromRing;
+        let loaded = LoadedPushes {
+            pushes: &loaded,
+            complete,
+        };
+        finish_join(
+            room,
+            conn,
+            pending.member,
+            id,
+            pending.since,
+            window,
+            &self.metrics,
+            Some(loaded),
+        );
+    }
+
+    fn leave(&mut self, conn: ConnId, name: &Arc<str>, id: Option<u64>, reply: &Outbox) {
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.pending.remove(&conn);
+            if let Some(user) = room.remove_member(conn) {
+                let event = protocol::member_event("member_left", name, &user);
+                broadcast(room, &event, None, &self.metrics);
+            }
+        }
+        self.forget_if_empty(name);
+        if let Some(id) = id {
+            reply.send(protocol::simple(id, "left", Some(name)));
+        }
+    }
+
+    fn deliver(&mut self, message: Message) {
+        let Some(room) = self.rooms.get_mut(&message.room) else {
+            let last = self.known.entry(message.room.clone()).or_insert(0);
+            *last = (*last).max(message.offset);
+            return;
+        };
+        if message.offset <= room.last {
+            return; // Already delivered.
+        }
+        let push = protocol::message_push(&message);
+        if !room.record(message.offset, &push) {
+            tracing::warn!(room = %room.name, last = room.last, offset = message.offset, "offset gap in deliveries");
+            room.ring.clear();
+            room.last = message.offset - 1;
+            room.record(message.offset, &push);
+        }
+        let queued = broadcast(room, &push, None, &self.metrics);
+        self.metrics.messages_delivered.inc_by(queued);
+    }
+}
+
+/// Pushes read from the store for a join (contiguous, ending at or before `room.last`).
+struct LoadedPushes<'a> {
+    pushes: &'a [(u64, Frame)],
+    /// False when they and the ring leave a hole: the reply then says `recovered: false`.
+    complete: bool,
+}
+
+/// Makes a joining connection a member and sends its `joined` reply. `loaded` holds what was
+/// read from the store; the ring supplies the rest.
+#[allow(clippy::too_many_arguments)]
+fn finish_join(
+    room: &mut Room,
+    conn: ConnId,
+    member: Member,
+    id: u64,
+    since: Option<u64>,
+    window: u64,
+    metrics: &Metrics,
+    loaded: Option<LoadedPushes<'_>>,
+) {
+    let complete = loaded.as_ref().is_none_or(|l| l.complete);
+    let (recovered, after) = match since {
+        None => (None, room.last.saturating_sub(DEFAULT_HISTORY as u64)),
+        Some(k) => {
+            let (recovered, after) = room.recovery(k, window);
+            (Some(recovered && complete), after)
+        }
+    };
+    let outbox = member.outbox.clone();
+    let user = member.user.clone();
+    let first = room.add_member(conn, member);
+    let loaded = loaded.map_or(&[][..], |l| l.pushes);
+    let loaded_to = loaded.last().map_or(after, |(o, _)| *o).max(after);
+    let from_store = loaded.iter().filter(|(o, _)| *o > after);
+    let from_ring = room.ring_after(loaded_to);
+    let messages = from_store.chain(from_ring).map(|(_, f)| f);
+    let reply = protocol::joined(
+        id,
+        &room.name,
+        room.last,
+        room.users.values().map(|(u, _)| u),
+        messages,
+        recovered,
+    );
+    outbox.send(reply);
+    if first {
+        let event = protocol::member_event("member_joined", &room.name, &user);
+        broadcast(room, &event, Some(conn), metrics);
+    }
+}
