@@ -183,19 +183,22 @@ impl RunningServer {
         self.app.sessions.len() + self.app.tasks.len()
     }
 
-    /// The graceful shutdown: stop accepting (readiness 503), close every session with 1001,
-    /// drain the shards, close the broker, commit what the store writer holds, join every task.
+    /// The graceful shutdown: readiness 503, close every session with 1001 and wait for them,
+    /// stop accepting, drain the shards, close the broker, commit what the store writer holds,
+    /// join every task; all within the configured deadline.
     pub async fn shutdown(self) -> Result<(), Error> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.deadline;
+        // Readiness turns 503 and upgrades are refused while sessions drain; the listener
+        // stays open meanwhile so that load balancers can see it.
         self.app.ready.store(false, Ordering::SeqCst);
         self.app.metrics.ready.set(0);
-        self.accept_stop.cancel();
         self.app.session_stop.cancel();
         self.app.sessions.close();
         let sessions_done = tokio::time::timeout_at(deadline, self.app.sessions.wait())
             .await
             .is_ok();
+        self.accept_stop.cancel();
         self.hub.stop().await;
         self.broker.close().await;
         let _ = tokio::time::timeout_at(deadline, self.store.close()).await;

@@ -290,3 +290,85 @@ impl Client {
         }
     }
 }
+
+/// A `nebula` process started from the built binary.
+pub struct NebulaProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl NebulaProcess {
+    /// Starts `nebula` on a free loopback port with `data_dir`, limits off, plus `args`.
+    pub fn start(data_dir: &std::path::Path, args: &[&str]) -> Result<NebulaProcess> {
+        use std::io::BufRead;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("nebula.log"))?;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nebula"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--publish-rate",
+                "0",
+                "--connect-rate",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("spawning nebula")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let line = lines.next().context("nebula exited before listening")??;
+        let addr = line
+            .strip_prefix("nebula listening on http://")
+            .and_then(|rest| rest.split(' ').next())
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .parse()?;
+        std::thread::spawn(move || for _ in lines {});
+        Ok(NebulaProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// Sends a real signal (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit (at most `limit`).
+    pub fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                bail!("nebula did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NebulaProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
