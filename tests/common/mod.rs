@@ -252,6 +252,9 @@ impl Client {
 
     /// Waits for the reply with `id`.
     pub async fn reply(&mut self, id: u64) -> Result<Value> {
+        if let Some(i) = self.backlog.iter().position(|v| v["id"] == json!(id)) {
+            return Ok(self.backlog.remove(i).expect("position is in range"));
+        }
         loop {
             let v = self.next_frame().await?;
             if v["id"] == json!(id) {
