@@ -59,7 +59,9 @@ impl Broker for LocalBroker {
                 }
             }),
         };
-        if let Err((_, WriteOp::Append(a))) = self.store.try_write(WriteOp::Append(append)) {
+        if let Err(refused) = self.store.try_write(WriteOp::Append(append))
+            && let WriteOp::Append(a) = *refused.0
+        {
             (a.done)(Err(()));
         }
     }

@@ -36,6 +36,16 @@ pub enum StoreError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// A write the writer did not take (queue full, or the writer stopped): handed back so that
+/// its completion can still run. Boxed: refusals are rare, and the op is large.
+pub struct Refused(pub Box<WriteOp>);
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refused(..)")
+    }
+}
+
 /// Options for opening a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -154,10 +164,10 @@ impl Store {
     }
 
     /// Queues a write without waiting; `Unavailable` when the queue is full or the writer gone.
-    pub fn try_write(&self, op: WriteOp) -> Result<(), (StoreError, WriteOp)> {
+    pub fn try_write(&self, op: WriteOp) -> Result<(), Refused> {
         self.inner.writes.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op) => {
-                (StoreError::Unavailable, op)
+                Refused(Box::new(op))
             }
         })
     }

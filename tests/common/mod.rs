@@ -309,15 +309,14 @@ impl NebulaProcess {
             .create(true)
             .append(true)
             .open(data_dir.join("nebula.log"))?;
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nebula"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--publish-rate",
-                "0",
-                "--connect-rate",
-                "0",
-            ])
+            .args(listen)
+            .args(["--publish-rate", "0", "--connect-rate", "0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -327,7 +326,16 @@ impl NebulaProcess {
             .context("spawning nebula")?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let line = lines.next().context("nebula exited before listening")??;
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            let log = std::fs::read_to_string(data_dir.join("nebula.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            bail!(
+                "nebula exited before listening; its log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        };
+        let line = line?;
         let addr = line
             .strip_prefix("nebula listening on http://")
             .and_then(|rest| rest.split(' ').next())

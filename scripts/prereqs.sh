@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Nebula's tests need on Debian when it is missing: redis-server, Debian's
+# Chromium, and playwright-core (npm) for the browser test. Fails loudly when it cannot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: ${need_apt[*]} — install them (apt-get install ${need_apt[*]}) or run as root" >&2
+    exit 1
+  fi
+  echo "installing ${need_apt[*]} ..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# A Debian install may start a system redis on 6379; the tests start their own on free ports.
+
+command -v node >/dev/null 2>&1 || { echo "missing: node (Node.js) for the browser test" >&2; exit 1; }
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "installing playwright-core for the browser test ..."
+  npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi

@@ -1,0 +1,73 @@
+//! The web page in a real headless Chromium (Debian's `chromium`, driven by playwright-core).
+//! Missing prerequisites fail the test with what to install; nothing is skipped.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_headless_chromium_and_survive_a_kill_9() -> Result<()> {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    ensure!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (scripts/test does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    ensure!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: `apt-get install chromium` (scripts/test does)"
+    );
+    let dir = tempfile::tempdir()?;
+    let mut p = NebulaProcess::start(dir.path(), &[])?;
+    let addr = p.addr;
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(browser_dir.join("chat.mjs"))
+        .env("BASE_URL", format!("http://{addr}"))
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Ok(shot) = std::env::var("NEBULA_SCREENSHOT") {
+        cmd.env("SCREENSHOT", shot);
+    }
+    let mut node = cmd.spawn().context("running node")?;
+    let mut stdin = node.stdin.take().context("stdin")?;
+    let stdout = BufReader::new(node.stdout.take().context("stdout")?);
+    let mut output = String::new();
+    for line in stdout.lines() {
+        let line = line?;
+        output.push_str(&line);
+        output.push('\n');
+        if line == "RESTART" {
+            p.signal("KILL")?;
+            tokio::task::block_in_place(|| p.wait(std::time::Duration::from_secs(5)))?;
+            p = NebulaProcess::start(dir.path(), &["--listen", &addr.to_string()])?;
+            let mut c = Client::login(addr, "Carol").await?;
+            c.join("team").await?;
+            for i in 1..=3 {
+                let ack = c.request(json!({"type": "publish", "room": "team", "body": format!("while away {i}")})).await?;
+                if ack["type"] != "ack" {
+                    bail!("publish during the restart failed: {ack}");
+                }
+            }
+            writeln!(stdin, "RESTARTED")?;
+        }
+    }
+    let out = node.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "browser test failed:\n{output}\n{stderr}"
+    );
+    ensure!(
+        output.contains("browser chat: ok"),
+        "unexpected output: {output}"
+    );
+    Ok(())
+}
