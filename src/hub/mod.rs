@@ -20,7 +20,7 @@ use crate::protocol::Message;
 use crate::session::{ConnId, Outbox};
 use crate::store::Store;
 
-pub use room::{JoinPlan, Member, Room};
+pub use room::{Delivered, JoinPlan, Member, PendingJoin, Room};
 use shard::Shard;
 
 /// Messages a shard's inbox can hold before senders wait.

@@ -5,8 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::auth::User;
-use crate::protocol::Frame;
-use crate::session::{ConnId, Outbox};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Frame, Message};
+use crate::session::{ConnId, Outbox, Sent};
 
 /// A connection that joined the room.
 pub struct Member {
@@ -30,6 +31,17 @@ pub enum JoinPlan {
     FromRing,
     /// The store must be read: messages with offset > `after`, at most `limit`.
     Load { after: u64, limit: usize },
+}
+
+/// What became of a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Queued to this many members.
+    To(u64),
+    /// Its offset was delivered before: dropped.
+    Repeat,
+    /// Offsets between `last` and this message are missing: nothing was delivered.
+    Gap { last: u64 },
 }
 
 /// A room's state.
@@ -59,6 +71,41 @@ impl Room {
             ring: VecDeque::new(),
             ring_capacity,
         }
+    }
+
+    /// The broadcast path: encodes the `message` push once, keeps it in the ring and queues the
+    /// same bytes to every member. Its allocations do not depend on the number of members
+    /// (`tests/alloc_broadcast.rs` holds it to that).
+    pub fn deliver(&mut self, message: &Message, metrics: &Metrics) -> Delivered {
+        if message.offset <= self.last {
+            return Delivered::Repeat;
+        }
+        if message.offset != self.last + 1 {
+            return Delivered::Gap { last: self.last };
+        }
+        let push = protocol::message_push(message);
+        self.record(message.offset, &push);
+        let queued = self.broadcast(&push, None, metrics);
+        metrics.messages_delivered.inc_by(queued);
+        Delivered::To(queued)
+    }
+
+    /// Queues `frame` to every member but `except`; returns how many got it.
+    pub fn broadcast(&self, frame: &Frame, except: Option<ConnId>, metrics: &Metrics) -> u64 {
+        let mut queued = 0;
+        for (conn, member) in &self.members {
+            if Some(*conn) == except {
+                continue;
+            }
+            match member.outbox.send(frame.clone()) {
+                Sent::Queued => queued += 1,
+                Sent::Overflowed => {
+                    metrics.slow_consumers.inc();
+                }
+                Sent::Gone => {}
+            }
+        }
+        queued
     }
 
     /// Adds a member; true when it is the user's first connection in the room.

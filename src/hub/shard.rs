@@ -6,12 +6,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::room::{JoinPlan, Member, PendingJoin, Room};
+use super::room::{Delivered, JoinPlan, Member, PendingJoin, Room};
 use super::{HubOptions, ShardMsg};
 use crate::broker::SharedBroker;
 use crate::metrics::Metrics;
 use crate::protocol::{self, DEFAULT_HISTORY, ErrorCode, Frame, Message};
-use crate::session::{ConnId, Outbox, Sent};
+use crate::session::{ConnId, Outbox};
 use crate::store::Store;
 
 pub(super) struct Shard {
@@ -36,24 +36,6 @@ fn not_joined(reply: &Outbox, id: u64) {
         ErrorCode::NotJoined,
         "join the room first",
     ));
-}
-
-/// Sends `frame` to every member but `except`; returns how many got it queued.
-fn broadcast(room: &Room, frame: &Frame, except: Option<ConnId>, metrics: &Metrics) -> u64 {
-    let mut queued = 0;
-    for (conn, member) in &room.members {
-        if Some(*conn) == except {
-            continue;
-        }
-        match member.outbox.send(frame.clone()) {
-            Sent::Queued => queued += 1,
-            Sent::Overflowed => {
-                metrics.slow_consumers.inc();
-            }
-            Sent::Gone => {}
-        }
-    }
-    queued
 }
 
 impl Shard {
@@ -279,7 +261,7 @@ impl Shard {
             room.pending.remove(&conn);
             if let Some(user) = room.remove_member(conn) {
                 let event = protocol::member_event("member_left", name, &user);
-                broadcast(room, &event, None, &self.metrics);
+                room.broadcast(&event, None, &self.metrics);
             }
         }
         self.forget_if_empty(name);
@@ -294,18 +276,13 @@ impl Shard {
             *last = (*last).max(message.offset);
             return;
         };
-        if message.offset <= room.last {
-            return; // Already delivered.
-        }
-        let push = protocol::message_push(&message);
-        if !room.record(message.offset, &push) {
-            tracing::warn!(room = %room.name, last = room.last, offset = message.offset, "offset gap in deliveries");
+        if let Delivered::Gap { last } = room.deliver(&message, &self.metrics) {
+            // Single node: cannot happen (the writer delivers every offset in order).
+            tracing::warn!(room = %room.name, last, offset = message.offset, "offset gap in deliveries");
             room.ring.clear();
             room.last = message.offset - 1;
-            room.record(message.offset, &push);
+            room.deliver(&message, &self.metrics);
         }
-        let queued = broadcast(room, &push, None, &self.metrics);
-        self.metrics.messages_delivered.inc_by(queued);
     }
 }
 
@@ -356,6 +333,6 @@ fn finish_join(
     outbox.send(reply);
     if first {
         let event = protocol::member_event("member_joined", &room.name, &user);
-        broadcast(room, &event, Some(conn), metrics);
+        room.broadcast(&event, Some(conn), metrics);
     }
 }
