@@ -131,7 +131,7 @@ impl Nebula {
             node_id: node_id.clone(),
             outbox_capacity: config.outbox_capacity,
         });
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen)?;
         let addr = listener.local_addr()?;
         let app = Arc::new(App {
             keys,
@@ -219,6 +219,15 @@ impl RunningServer {
             })
         }
     }
+}
+
+/// Binds with a deep accept backlog: a burst of thousands of connects must not overflow it
+/// (an overflow costs the client a 1 s SYN retransmit).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
 
 async fn evict_idle_limits(limits: Arc<Limits>, stop: CancellationToken) {

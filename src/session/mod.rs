@@ -42,7 +42,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// The WebSocket settings: small buffers per connection, 64 KiB frames at most.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_FRAME_BYTES))
@@ -278,7 +278,8 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.reset();
-    let mut batch = Vec::with_capacity(64);
+    // Grows to the largest burst seen, not more: an idle connection holds only a few slots.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             biased;

@@ -1,0 +1,310 @@
+//! The `fanout` scenario: R rooms of M members; every member publishes on a fixed schedule
+//! (open loop) so that the total is `--rate` messages per second; every delivery's latency is
+//! measured from the scheduled send time carried in the body; offsets reveal losses and
+//! duplicates.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{LoginClient, parse_url, source_for, ws_connect};
+use crate::stats::{self, Latencies};
+use crate::{FanoutArgs, Summary, Workers};
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Report {
+    connections: u64,
+    failures: u64,
+    published: u64,
+    acked: u64,
+    errors: u64,
+    deliveries: u64,
+    lost: u64,
+    duplicated: u64,
+    latency: Latencies,
+    ack_latency: Latencies,
+    first_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Member {
+    published: u64,
+    acked: u64,
+    errors: u64,
+    deliveries: u64,
+    duplicated: u64,
+    /// Offsets skipped in what this member received.
+    gaps: u64,
+    /// The next offset this member expects.
+    expected: u64,
+    /// The highest offset acked to this member.
+    max_acked: u64,
+    /// Scheduled send times of publishes not answered yet (answers come in order).
+    in_flight: std::collections::VecDeque<u64>,
+}
+
+fn number_after(s: &str, pat: &str) -> Option<u64> {
+    let i = s.find(pat)? + pat.len();
+    let digits = s[i..].bytes().take_while(u8::is_ascii_digit).count();
+    s[i..i + digits].parse().ok()
+}
+
+/// Logs in `names` at `target` over `parallel` keep-alive connections.
+async fn login_all(target: std::net::SocketAddr, names: Vec<String>, parallel: usize) -> Result<Vec<String>> {
+    let chunk = names.len().div_ceil(parallel).max(1);
+    let mut tasks = Vec::new();
+    for part in names.chunks(chunk).map(<[String]>::to_vec) {
+        tasks.push(tokio::spawn(async move {
+            let mut client = LoginClient::new(target).await?;
+            let mut cookies = Vec::new();
+            for name in part {
+                cookies.push(client.login(&name).await?);
+            }
+            anyhow::Ok(cookies)
+        }));
+    }
+    let mut cookies = Vec::new();
+    for t in tasks {
+        cookies.extend(t.await??);
+    }
+    Ok(cookies)
+}
+
+pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<Report> {
+    let urls: Vec<_> = args.common.url.iter().map(|u| parse_url(u)).collect::<Result<_>>()?;
+    let total = args.rooms * args.members;
+    // This worker's members: every member of its rooms.
+    let mine: Vec<(usize, usize)> = (0..args.rooms)
+        .filter(|r| r % workers == index)
+        .flat_map(|r| (0..args.members).map(move |m| (r, r * args.members + m)))
+        .collect();
+    let mut cookies = vec![String::new(); mine.len()];
+    for (u, url) in urls.iter().enumerate() {
+        let idx: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].1 % urls.len() == u).collect();
+        let names = idx.iter().map(|&i| format!("fan-{}", mine[i].1)).collect();
+        for (i, c) in idx.into_iter().zip(login_all(*url, names, 8).await?) {
+            cookies[i] = c;
+        }
+    }
+    // Connect and join.
+    let gate = Arc::new(Semaphore::new(256));
+    let mut connecting = Vec::new();
+    for (i, &(room, k)) in mine.iter().enumerate() {
+        let target = urls[k % urls.len()];
+        let cookie = cookies[i].clone();
+        let gate = gate.clone();
+        connecting.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut ws = ws_connect(target, source_for(target, k), &cookie).await?;
+            let join = json!({"id": 1, "type": "join", "room": format!("fan{room}")});
+            ws.send(Message::Text(join.to_string().into())).await?;
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")??;
+                if let Message::Text(t) = frame
+                    && t.as_str().contains("\"type\":\"joined\"")
+                {
+                    let offset = number_after(t.as_str(), "\"offset\":").context("joined offset")?;
+                    return anyhow::Ok((ws, room, k, offset));
+                }
+            }
+        }));
+    }
+    let mut report = Report::default();
+    let mut conns = Vec::new();
+    for c in connecting {
+        match c.await? {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                report.failures += 1;
+                report.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    report.connections = conns.len() as u64;
+    crate::ready_then_wait_for_go().await?;
+
+    let go = Instant::now();
+    let go_us = stats::now_us();
+    let interval = Duration::from_secs_f64(total as f64 / args.rate);
+    let publish_until = go + args.common.duration;
+    let read_until = publish_until + Duration::from_secs(args.drain);
+    let histogram = Arc::new(Mutex::new(stats::histogram()));
+    let ack_histogram = Arc::new(Mutex::new(stats::histogram()));
+    let padding = "x".repeat(args.body_bytes.saturating_sub(20));
+    let mut tasks = Vec::new();
+    for (mut ws, room, k, joined_offset) in conns {
+        let histogram = histogram.clone();
+        let ack_histogram = ack_histogram.clone();
+        let padding = padding.clone();
+        let phase = interval.mul_f64(k as f64 / total as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut m = Member { expected: joined_offset + 1, ..Member::default() };
+            let room_name = format!("fan{room}");
+            let mut next_send = go + phase;
+            let mut id = 10u64;
+            loop {
+                let deadline = if next_send < publish_until { next_send } else { read_until };
+                tokio::select! {
+                    frame = ws.next() => {
+                        let Some(Ok(Message::Text(t))) = frame else {
+                            if matches!(frame, Some(Ok(_))) { continue } else { break }
+                        };
+                        let t = t.as_str();
+                        if t.starts_with("{\"type\":\"message\"") {
+                            let now = stats::now_us();
+                            let offset = number_after(t, "\"offset\":").unwrap_or(0);
+                            if offset < m.expected {
+                                m.duplicated += 1;
+                                continue;
+                            }
+                            m.gaps += offset - m.expected;
+                            m.expected = offset + 1;
+                            m.deliveries += 1;
+                            if let Some(sent) = number_after(t, "\"body\":\"t=") {
+                                histogram.lock().expect("histogram").saturating_record(now.saturating_sub(sent).max(1));
+                            }
+                        } else if t.contains("\"type\":\"ack\"") {
+                            m.acked += 1;
+                            if let Some(sent) = m.in_flight.pop_front() {
+                                let took = stats::now_us().saturating_sub(sent).max(1);
+                                ack_histogram.lock().expect("histogram").saturating_record(took);
+                            }
+                            m.max_acked = m.max_acked.max(number_after(t, "\"offset\":").unwrap_or(0));
+                        } else if t.contains("\"type\":\"error\"") {
+                            m.errors += 1;
+                            m.in_flight.pop_front();
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if Instant::now() >= read_until {
+                            break;
+                        }
+                        if next_send < publish_until {
+                            // The body carries the scheduled time, not the actual one: a late send
+                            // shows as latency (no coordinated omission).
+                            let scheduled = go_us + (next_send - go).as_micros() as u64;
+                            let body = format!("t={scheduled};{padding}");
+                            let req = json!({"id": id, "type": "publish", "room": room_name, "body": body});
+                            id += 1;
+                            m.published += 1;
+                            m.in_flight.push_back(scheduled);
+                            if ws.send(Message::Text(req.to_string().into())).await.is_err() {
+                                break;
+                            }
+                            next_send += interval;
+                        }
+                    }
+                }
+            }
+            let _ = ws.close(None).await;
+            (room, m)
+        }));
+    }
+    let mut rooms: std::collections::HashMap<usize, Vec<Member>> = Default::default();
+    for t in tasks {
+        let (room, m) = t.await?;
+        rooms.entry(room).or_default().push(m);
+    }
+    for members in rooms.values() {
+        // The room's last offset: the highest any member acked or received.
+        let last = members.iter().map(|m| m.max_acked.max(m.expected.saturating_sub(1))).max().unwrap_or(0);
+        for m in members {
+            report.published += m.published;
+            report.acked += m.acked;
+            report.errors += m.errors;
+            report.deliveries += m.deliveries;
+            report.duplicated += m.duplicated;
+            report.lost += m.gaps + last.saturating_sub(m.expected.saturating_sub(1));
+        }
+    }
+    report.latency = Latencies::from_histogram(&histogram.lock().expect("histogram"));
+    report.ack_latency = Latencies::from_histogram(&ack_histogram.lock().expect("histogram"));
+    Ok(report)
+}
+
+pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
+    pool.wait_ready()?;
+    let pids = &args.common.server_pid;
+    let cpu_before: f64 = pids.iter().filter_map(|p| stats::cpu_seconds(*p)).sum();
+    let t0 = std::time::Instant::now();
+    pool.go()?;
+    let reports: Vec<Report> = pool.reports()?;
+    let cpu = (pids.iter().filter_map(|p| stats::cpu_seconds(*p)).sum::<f64>() - cpu_before) / t0.elapsed().as_secs_f64();
+    let mut h = stats::histogram();
+    let mut acks = stats::histogram();
+    let mut sum = Report::default();
+    for r in reports {
+        sum.connections += r.connections;
+        sum.failures += r.failures;
+        sum.published += r.published;
+        sum.acked += r.acked;
+        sum.errors += r.errors;
+        sum.deliveries += r.deliveries;
+        sum.lost += r.lost;
+        sum.duplicated += r.duplicated;
+        sum.first_error = sum.first_error.or(r.first_error);
+        r.latency.into_histogram(&mut h);
+        r.ack_latency.into_histogram(&mut acks);
+    }
+    let p = stats::percentiles(&h);
+    let a = stats::percentiles(&acks);
+    let secs = args.common.duration.as_secs_f64();
+    let json = json!({
+        "scenario": "fanout",
+        "urls": args.common.url,
+        "rooms": args.rooms,
+        "members": args.members,
+        "connections": sum.connections,
+        "failures": sum.failures,
+        "rate": args.rate,
+        "body_bytes": args.body_bytes,
+        "duration_secs": secs,
+        "published": sum.published,
+        "acked": sum.acked,
+        "errors": sum.errors,
+        "deliveries": sum.deliveries,
+        "deliveries_per_sec": sum.deliveries as f64 / secs,
+        "latency_ms": { "p50": p.p50, "p95": p.p95, "p99": p.p99, "max": p.max },
+        "ack_latency_ms": { "p50": a.p50, "p95": a.p95, "p99": a.p99, "max": a.max },
+        "acks_per_sec": sum.acked as f64 / secs,
+        "lost": sum.lost,
+        "duplicated": sum.duplicated,
+        "server_cpu_cores": if pids.is_empty() { serde_json::Value::Null } else { json!(cpu) },
+        "first_error": sum.first_error,
+    });
+    let human = format!(
+        "fanout: {} connections ({} failed), {} rooms x {}, {:.0} msg/s for {secs:.0} s\n\
+         published {} acked {} errors {}; deliveries {} = {:.0}/s\n\
+         delivery latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms; lost {} duplicated {}{}\n\
+         ack latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        sum.connections,
+        sum.failures,
+        args.rooms,
+        args.members,
+        args.rate,
+        sum.published,
+        sum.acked,
+        sum.errors,
+        sum.deliveries,
+        sum.deliveries as f64 / secs,
+        p.p50,
+        p.p95,
+        p.p99,
+        p.max,
+        sum.lost,
+        sum.duplicated,
+        if pids.is_empty() { String::new() } else { format!("; server CPU {cpu:.2} cores") },
+        a.p50,
+        a.p95,
+        a.p99,
+        a.max,
+    );
+    Ok(Summary { human, json })
+}
