@@ -9,6 +9,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, params};
@@ -144,9 +145,14 @@ impl Store {
                 initial_offsets.insert(Arc::<str>::from(room), last as u64);
             }
         }
-        let state = writer::Writer::load(conn, initial_offsets.clone())?;
+        let stop_checkpoints = Arc::new(AtomicBool::new(false));
+        let checkpointer = open_connection(&path, options.fsync, true)?;
+        let state = writer::Writer::load(conn, initial_offsets.clone(), stop_checkpoints.clone())?;
         let (writes, rx) = mpsc::channel(options.queue.max(1));
-        tracker.spawn_blocking(move || state.run(rx));
+        let (completions, completed) = std::sync::mpsc::sync_channel(64);
+        tracker.spawn_blocking(move || state.run(rx, completions));
+        tracker.spawn_blocking(move || writer::complete(completed));
+        tracker.spawn_blocking(move || writer::checkpoint_loop(checkpointer, stop_checkpoints));
         Ok(Store {
             inner: Arc::new(Inner {
                 path,

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
@@ -52,8 +54,46 @@ pub enum WriteOp {
 
 type KeyId = (Arc<str>, Arc<str>, Arc<str>);
 
+/// Work handed from the writer to the completion thread, in commit order.
+pub(super) enum Completed {
+    /// Completions of one committed (or failed) batch.
+    Batch(Vec<(Completion, Result<AppendOutcome, ()>)>),
+    /// The writer stopped after its last commit; dropping the sender tells `Store::close`.
+    Closed(oneshot::Sender<()>),
+}
+
+/// The completion thread: acks and deliveries run here, in commit order, so that the writer
+/// thread does nothing but SQLite work.
+pub(super) fn complete(rx: Receiver<Completed>) {
+    for completed in rx {
+        match completed {
+            Completed::Batch(batch) => {
+                for (done, outcome) in batch {
+                    done(outcome);
+                }
+            }
+            Completed::Closed(tx) => drop(tx),
+        }
+    }
+}
+
+/// Checkpoints the WAL from its own connection once a second, so that the writer never stalls
+/// on the checkpoint's copy and fsync (the writer's connection has auto-checkpoints off).
+/// Measured at 10,000 publishes/s: checkpoints every 100 ms gave an ack p99 of 31 ms, every
+/// second 6 ms (docs/PERFORMANCE.md); each checkpoint's fsync briefly slows the WAL appends.
+pub(super) fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1000));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
+    }
+}
+
 pub(super) struct Writer {
     conn: Connection,
+    /// Set when the writer stops, to stop the checkpoint thread.
+    stop_checkpoints: Arc<AtomicBool>,
     /// Latest committed offset of every room.
     offsets: HashMap<Arc<str>, u64>,
     /// Idempotency keys younger than the window: (room, user id, key) -> (offset, ts ms).
@@ -71,6 +111,7 @@ impl Writer {
     pub(super) fn load(
         conn: Connection,
         offsets: HashMap<Arc<str>, u64>,
+        stop_checkpoints: Arc<AtomicBool>,
     ) -> Result<Writer, StoreError> {
         let mut keys = HashMap::new();
         {
@@ -94,8 +135,10 @@ impl Writer {
                 );
             }
         }
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Writer {
             conn,
+            stop_checkpoints,
             offsets,
             keys,
             last_prune: Instant::now(),
@@ -103,7 +146,7 @@ impl Writer {
     }
 
     /// The writer loop: runs on a blocking thread until `Close` or until every sender is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>, completions: SyncSender<Completed>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut closing: Option<oneshot::Sender<()>> = None;
         while let Some(op) = rx.blocking_recv() {
@@ -114,27 +157,32 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(&mut batch, &mut closing);
+            self.commit_batch(&mut batch, &mut closing, &completions);
             if closing.is_some() {
                 // Refuse new writes, then commit what was queued before the refusal.
                 rx.close();
                 while let Ok(op) = rx.try_recv() {
                     batch.push(op);
                     if batch.len() == MAX_BATCH {
-                        self.commit_batch(&mut batch, &mut closing);
+                        self.commit_batch(&mut batch, &mut closing, &completions);
                     }
                 }
-                self.commit_batch(&mut batch, &mut closing);
+                self.commit_batch(&mut batch, &mut closing, &completions);
                 break;
             }
             if self.last_prune.elapsed() > Duration::from_secs(60) {
                 self.prune();
             }
         }
+        self.stop_checkpoints.store(true, Ordering::Release);
         if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
             tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
-        drop(closing);
+        if let Some(tx) = closing
+            && completions.send(Completed::Closed(tx)).is_err()
+        {
+            tracing::warn!("the completion thread stopped before the store closed");
+        }
     }
 
     fn prune(&mut self) {
@@ -153,6 +201,7 @@ impl Writer {
         &mut self,
         batch: &mut Vec<WriteOp>,
         closing: &mut Option<oneshot::Sender<()>>,
+        completions: &SyncSender<Completed>,
     ) {
         if batch.is_empty() {
             return;
@@ -161,6 +210,7 @@ impl Writer {
         let mut new_offsets: HashMap<Arc<str>, u64> = HashMap::new();
         let mut new_keys: HashMap<KeyId, (u64, u64)> = HashMap::new();
         let result = self.write(batch, &mut outcomes, &mut new_offsets, &mut new_keys);
+        let mut done = Vec::with_capacity(batch.len());
         match result {
             Ok(()) => {
                 self.offsets.extend(new_offsets);
@@ -168,7 +218,7 @@ impl Writer {
                 for (op, outcome) in batch.drain(..).zip(outcomes) {
                     match op {
                         WriteOp::Append(a) => {
-                            (a.done)(Ok(outcome.expect("every append has an outcome")))
+                            done.push((a.done, Ok(outcome.expect("every append has an outcome"))))
                         }
                         WriteOp::Insert(_) => {}
                         WriteOp::Close(tx) => *closing = Some(tx),
@@ -179,7 +229,7 @@ impl Writer {
                 tracing::warn!(error = %e, ops = batch.len(), "store commit failed; publishes get unavailable");
                 for op in batch.drain(..) {
                     match op {
-                        WriteOp::Append(a) => (a.done)(Err(())),
+                        WriteOp::Append(a) => done.push((a.done, Err(()))),
                         WriteOp::Insert(m) => {
                             tracing::warn!(room = %m.room, offset = m.offset, "replicated message not stored")
                         }
@@ -187,6 +237,9 @@ impl Writer {
                     }
                 }
             }
+        }
+        if !done.is_empty() && completions.send(Completed::Batch(done)).is_err() {
+            tracing::warn!("the completion thread stopped; acks are lost");
         }
     }
 
