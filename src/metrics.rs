@@ -32,6 +32,8 @@ pub struct Metrics {
     pub tasks_alive: Gauge,
     /// 1 while the node accepts connections.
     pub ready: Gauge,
+    /// Cluster mode: 1 while the node follows the cluster through Redis.
+    pub redis_connected: Gauge,
 }
 
 impl Metrics {

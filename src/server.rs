@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Keys, User};
-use crate::broker::{LocalBroker, SharedBroker};
+use crate::broker::{LocalBroker, RedisBroker, SharedBroker};
 use crate::config::Config;
 use crate::hub::{Hub, HubOptions, RING_CAPACITY};
 use crate::limits::Limits;
@@ -46,6 +46,8 @@ struct App {
     limits: Arc<Limits>,
     allowed_origins: Vec<String>,
     ready: AtomicBool,
+    /// Cluster mode (a Redis broker).
+    cluster: bool,
     /// Sessions (reader and writer tasks); joined before the shards stop.
     sessions: TaskTracker,
     /// Cancelled to close every session with 1001.
@@ -82,9 +84,6 @@ impl Nebula {
     /// Opens the store, starts the shards and the broker, binds `config.listen` and serves.
     pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.validate()?;
-        if config.redis_url.is_some() {
-            return Err(Error::Config("cluster mode is not built yet".into()));
-        }
         std::fs::create_dir_all(&config.data_dir)?;
         let keys = Keys::load_or_create(
             config.secret.as_deref(),
@@ -104,11 +103,28 @@ impl Nebula {
             &tasks,
         )?;
         let (hub, inboxes) = Hub::channels(config.shards);
-        let broker: SharedBroker = Arc::new(LocalBroker::new(
-            store.clone(),
-            Arc::new(hub.clone()),
-            metrics.clone(),
-        ));
+        let (broker, caught_up): (SharedBroker, _) = match &config.redis_url {
+            Some(url) => {
+                let (broker, caught_up) = RedisBroker::start(
+                    url,
+                    node_id.clone(),
+                    store.clone(),
+                    hub.clone(),
+                    metrics.clone(),
+                    &tasks,
+                )
+                .await?;
+                (broker, Some(caught_up))
+            }
+            None => (
+                Arc::new(LocalBroker::new(
+                    store.clone(),
+                    Arc::new(hub.clone()),
+                    metrics.clone(),
+                )),
+                None,
+            ),
+        };
         let options = HubOptions {
             shards: config.shards,
             recovery_window: config.recovery_window,
@@ -122,6 +138,17 @@ impl Nebula {
             metrics.clone(),
             &tasks,
         );
+        if let Some(caught_up) = caught_up {
+            // Serve only once this node holds what the cluster stored while it was away.
+            match tokio::time::timeout(Duration::from_secs(30), caught_up).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(Error::Config(
+                        "could not catch up with the cluster through redis".into(),
+                    ));
+                }
+            }
+        }
         let limits = Arc::new(Limits::new(config.publish_rate, config.connect_rate));
         let ctx = Arc::new(SessionContext {
             hub: hub.clone(),
@@ -144,6 +171,7 @@ impl Nebula {
                 .map(|o| o.trim().to_string())
                 .collect(),
             ready: AtomicBool::new(true),
+            cluster: config.redis_url.is_some(),
             sessions,
             session_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
@@ -224,7 +252,11 @@ impl RunningServer {
 /// Binds with a deep accept backlog: a burst of thousands of connects must not overflow it
 /// (an overflow costs the client a 1 s SYN retransmit).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(8192)
@@ -326,7 +358,12 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, app: Arc<App>) -> Respo
         (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
             if app.ready.load(Ordering::SeqCst) {
-                response(StatusCode::OK, "text/plain", "ready\n")
+                let body = match (app.cluster, app.metrics.redis_connected.get()) {
+                    (false, _) => "ready\n",
+                    (true, 1) => "ready (redis: connected)\n",
+                    (true, _) => "ready (redis: disconnected; publishes get unavailable)\n",
+                };
+                response(StatusCode::OK, "text/plain", body)
             } else {
                 response(
                     StatusCode::SERVICE_UNAVAILABLE,

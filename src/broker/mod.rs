@@ -6,6 +6,7 @@
 //! - A Redis broker (cluster) numbers in Redis and delivers from its subscription.
 
 mod local;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use local::LocalBroker;
+pub use redis::RedisBroker;
 
 use crate::auth::User;
 use crate::protocol::Message;
@@ -52,6 +54,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Takes a publish without waiting. The ack (only once the message is durable) or an error
     /// goes to `publish.reply`; a stored message is delivered to every member through the hub.
     fn publish(&self, publish: Publish);
+
+    /// A user's first connection on this node joined `room` (`present`), or its last one left.
+    /// A cluster broker shares it with the other nodes; a single node has nothing to do.
+    fn presence(&self, _room: &Arc<str>, _user: &User, _present: bool) {}
 
     /// Withdraws this node and stops the broker's tasks.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;

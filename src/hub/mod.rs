@@ -4,6 +4,7 @@
 //! requests reach it over a bounded channel and it answers straight into the sessions' outboxes,
 //! so no lock guards room state and a shard never waits on a session.
 
+mod presence;
 mod room;
 mod shard;
 
@@ -53,6 +54,21 @@ pub enum ShardMsg {
         reply: Outbox,
     },
     Deliver(Message),
+    /// A user's presence in a room through another node changed.
+    RemotePresence {
+        room: Arc<str>,
+        node: Arc<str>,
+        user: User,
+        present: bool,
+    },
+    /// A node is gone: its users leave every room.
+    NodeGone {
+        node: Arc<str>,
+    },
+    /// The whole remote presence of this shard's rooms, after (re)connecting to Redis.
+    RemoteReset {
+        entries: Vec<(Arc<str>, Arc<str>, User)>,
+    },
     Loaded {
         room: Arc<str>,
         conn: ConnId,
@@ -156,6 +172,25 @@ impl Hub {
             .is_err()
         {
             tracing::debug!("shard stopped; join dropped during shutdown");
+        }
+    }
+
+    /// Sends `msg` to every shard (made once per shard by `make`).
+    pub async fn to_all(&self, make: impl Fn() -> ShardMsg) {
+        for shard in self.shards.iter() {
+            let _stopped = shard.send(make()).await;
+        }
+    }
+
+    /// Sends remote-presence entries to the shards that own their rooms.
+    pub async fn reset_remote(&self, entries: Vec<(Arc<str>, Arc<str>, User)>) {
+        let n = self.shards.len();
+        let mut parts: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for e in entries {
+            parts[(stable_hash(&e.0) % n as u64) as usize].push(e);
+        }
+        for (shard, entries) in self.shards.iter().zip(parts) {
+            let _stopped = shard.send(ShardMsg::RemoteReset { entries }).await;
         }
     }
 

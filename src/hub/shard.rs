@@ -6,8 +6,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::presence::RemoteUsers;
 use super::room::{Delivered, JoinPlan, Member, PendingJoin, Room};
 use super::{HubOptions, ShardMsg};
+use crate::auth::User;
 use crate::broker::SharedBroker;
 use crate::metrics::Metrics;
 use crate::protocol::{self, DEFAULT_HISTORY, ErrorCode, Frame, Message};
@@ -23,6 +25,9 @@ pub(super) struct Shard {
     rooms: HashMap<Arc<str>, Room>,
     /// Latest offset of rooms that have no state in `rooms`.
     known: HashMap<Arc<str>, u64>,
+    /// Users present through other nodes, per room (cluster mode; kept also for rooms without
+    /// local members, so that a later local join sees them).
+    remote: HashMap<Arc<str>, RemoteUsers>,
     options: HubOptions,
     broker: SharedBroker,
     store: Store,
@@ -52,6 +57,7 @@ impl Shard {
         tracker: TaskTracker,
     ) -> Shard {
         Shard {
+            remote: HashMap::new(),
             index,
             rx,
             inbox,
@@ -102,12 +108,20 @@ impl Shard {
                         reply.send(protocol::presence(
                             id,
                             &room,
-                            r.users.values().map(|(u, _)| u),
+                            members(r, self.remote.get(&room)),
                         ));
                     }
                     _ => not_joined(&reply, id),
                 },
                 ShardMsg::Deliver(message) => self.deliver(message),
+                ShardMsg::RemotePresence {
+                    room,
+                    node,
+                    user,
+                    present,
+                } => self.remote_presence(&room, &node, &user, present),
+                ShardMsg::NodeGone { node } => self.node_gone(&node),
+                ShardMsg::RemoteReset { entries } => self.remote_reset(entries),
                 ShardMsg::Loaded {
                     room,
                     conn,
@@ -151,13 +165,10 @@ impl Shard {
 
     fn join(&mut self, member: Member, name: Arc<str>, since: Option<u64>, id: u64) {
         let window = self.options.recovery_window;
-        let metrics = self.metrics.clone();
         let room = self.room_mut(&name);
         let conn = member.outbox.conn;
         match room.plan_join(since, window, DEFAULT_HISTORY) {
-            JoinPlan::FromRing => {
-                finish_join(room, conn, member, id, since, window, &metrics, None)
-            }
+            JoinPlan::FromRing => self.finish_join(&name, conn, member, id, since, None),
             JoinPlan::Load { after, limit } => {
                 room.pending.insert(
                     conn,
@@ -244,24 +255,143 @@ impl Shard {
             pushes: &loaded,
             complete,
         };
-        finish_join(
-            room,
-            conn,
-            pending.member,
+        self.finish_join(&name, conn, pending.member, id, pending.since, Some(loaded));
+    }
+
+    /// Makes a joining connection a member and sends its `joined` reply. `loaded` holds what
+    /// was read from the store; the ring supplies the rest.
+    fn finish_join(
+        &mut self,
+        name: &Arc<str>,
+        conn: ConnId,
+        member: Member,
+        id: u64,
+        since: Option<u64>,
+        loaded: Option<LoadedPushes<'_>>,
+    ) {
+        let window = self.options.recovery_window;
+        let room = self.rooms.get_mut(name).expect("the room of a join exists");
+        let remote = self.remote.get(name);
+        let complete = loaded.as_ref().is_none_or(|l| l.complete);
+        let (recovered, after) = match since {
+            None => (None, room.last.saturating_sub(DEFAULT_HISTORY as u64)),
+            Some(k) => {
+                let (recovered, after) = room.recovery(k, window);
+                (Some(recovered && complete), after)
+            }
+        };
+        let outbox = member.outbox.clone();
+        let user = member.user.clone();
+        let first_here = room.add_member(conn, member);
+        let loaded = loaded.map_or(&[][..], |l| l.pushes);
+        let loaded_to = loaded.last().map_or(after, |(o, _)| *o).max(after);
+        let from_store = loaded.iter().filter(|(o, _)| *o > after);
+        let from_ring = room.ring_after(loaded_to);
+        let messages = from_store.chain(from_ring).map(|(_, f)| f);
+        let reply = protocol::joined(
             id,
-            pending.since,
-            window,
-            &self.metrics,
-            Some(loaded),
+            &room.name,
+            room.last,
+            members(room, remote),
+            messages,
+            recovered,
         );
+        outbox.send(reply);
+        if first_here {
+            self.broker.presence(name, &user, true);
+            if !remote.is_some_and(|r| r.contains(&user.id)) {
+                let event = protocol::member_event("member_joined", &room.name, &user);
+                room.broadcast(&event, Some(conn), &self.metrics);
+            }
+        }
+    }
+
+    /// A user's presence through another node changed: tell local members when the user
+    /// appears or disappears cluster-wide.
+    fn remote_presence(&mut self, name: &Arc<str>, node: &Arc<str>, user: &User, present: bool) {
+        let remote = self.remote.entry(name.clone()).or_default();
+        let here = self
+            .rooms
+            .get(name)
+            .is_some_and(|r| r.users.contains_key(&user.id));
+        let changed = if present {
+            remote.add(node, user)
+        } else {
+            remote.remove(node, &user.id)
+        };
+        if remote.is_empty() {
+            self.remote.remove(name);
+        }
+        if changed
+            && !here
+            && let Some(room) = self.rooms.get(name)
+        {
+            let kind = if present {
+                "member_joined"
+            } else {
+                "member_left"
+            };
+            room.broadcast(
+                &protocol::member_event(kind, name, user),
+                None,
+                &self.metrics,
+            );
+        }
+    }
+
+    fn node_gone(&mut self, node: &str) {
+        let mut left = Vec::new();
+        self.remote.retain(|room, remote| {
+            for user in remote.remove_node(node) {
+                left.push((room.clone(), user));
+            }
+            !remote.is_empty()
+        });
+        for (name, user) in left {
+            if let Some(room) = self.rooms.get(&name)
+                && !room.users.contains_key(&user.id)
+            {
+                room.broadcast(
+                    &protocol::member_event("member_left", &name, &user),
+                    None,
+                    &self.metrics,
+                );
+            }
+        }
+    }
+
+    /// Replaces the remote presence of this shard's rooms, announcing only the differences.
+    fn remote_reset(&mut self, entries: Vec<(Arc<str>, Arc<str>, User)>) {
+        let wanted: std::collections::HashSet<(Arc<str>, Arc<str>, Arc<str>)> = entries
+            .iter()
+            .map(|(room, node, user)| (room.clone(), node.clone(), user.id.clone()))
+            .collect();
+        let mut stale = Vec::new();
+        for (room, remote) in &self.remote {
+            for (node, user_id) in remote.pairs() {
+                if !wanted.contains(&(room.clone(), node.clone(), user_id.clone())) {
+                    let user = remote.users().find(|u| u.id == user_id).cloned();
+                    stale.extend(user.map(|u| (room.clone(), node, u)));
+                }
+            }
+        }
+        for (room, node, user) in stale {
+            self.remote_presence(&room, &node, &user, false);
+        }
+        for (room, node, user) in entries {
+            self.remote_presence(&room, &node, &user, true);
+        }
     }
 
     fn leave(&mut self, conn: ConnId, name: &Arc<str>, id: Option<u64>, reply: &Outbox) {
         if let Some(room) = self.rooms.get_mut(name) {
             room.pending.remove(&conn);
             if let Some(user) = room.remove_member(conn) {
-                let event = protocol::member_event("member_left", name, &user);
-                room.broadcast(&event, None, &self.metrics);
+                self.broker.presence(name, &user, false);
+                if !self.remote.get(name).is_some_and(|r| r.contains(&user.id)) {
+                    let event = protocol::member_event("member_left", name, &user);
+                    room.broadcast(&event, None, &self.metrics);
+                }
             }
         }
         self.forget_if_empty(name);
@@ -293,46 +423,12 @@ struct LoadedPushes<'a> {
     complete: bool,
 }
 
-/// Makes a joining connection a member and sends its `joined` reply. `loaded` holds what was
-/// read from the store; the ring supplies the rest.
-#[allow(clippy::too_many_arguments)]
-fn finish_join(
-    room: &mut Room,
-    conn: ConnId,
-    member: Member,
-    id: u64,
-    since: Option<u64>,
-    window: u64,
-    metrics: &Metrics,
-    loaded: Option<LoadedPushes<'_>>,
-) {
-    let complete = loaded.as_ref().is_none_or(|l| l.complete);
-    let (recovered, after) = match since {
-        None => (None, room.last.saturating_sub(DEFAULT_HISTORY as u64)),
-        Some(k) => {
-            let (recovered, after) = room.recovery(k, window);
-            (Some(recovered && complete), after)
-        }
-    };
-    let outbox = member.outbox.clone();
-    let user = member.user.clone();
-    let first = room.add_member(conn, member);
-    let loaded = loaded.map_or(&[][..], |l| l.pushes);
-    let loaded_to = loaded.last().map_or(after, |(o, _)| *o).max(after);
-    let from_store = loaded.iter().filter(|(o, _)| *o > after);
-    let from_ring = room.ring_after(loaded_to);
-    let messages = from_store.chain(from_ring).map(|(_, f)| f);
-    let reply = protocol::joined(
-        id,
-        &room.name,
-        room.last,
-        room.users.values().map(|(u, _)| u),
-        messages,
-        recovered,
-    );
-    outbox.send(reply);
-    if first {
-        let event = protocol::member_event("member_joined", &room.name, &user);
-        room.broadcast(&event, Some(conn), metrics);
-    }
+/// The members of a room as clients see them: local users, then users present only through
+/// other nodes; each once.
+fn members<'a>(room: &'a Room, remote: Option<&'a RemoteUsers>) -> impl Iterator<Item = &'a User> {
+    let remote = remote
+        .into_iter()
+        .flat_map(RemoteUsers::users)
+        .filter(|u| !room.users.contains_key(&u.id));
+    room.users.values().map(|(u, _)| u).chain(remote)
 }

@@ -178,6 +178,16 @@ impl Store {
         })
     }
 
+    /// Queues a write, waiting while the queue is full (backpressure for replicated inserts,
+    /// which must not be dropped); `Refused` only when the writer has stopped.
+    pub async fn write(&self, op: WriteOp) -> Result<(), Refused> {
+        self.inner
+            .writes
+            .send(op)
+            .await
+            .map_err(|e| Refused(Box::new(e.0)))
+    }
+
     /// Asks the writer to commit what it holds and stop; resolves when it has.
     pub async fn close(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -146,7 +146,11 @@ impl Writer {
     }
 
     /// The writer loop: runs on a blocking thread until `Close` or until every sender is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>, completions: SyncSender<Completed>) {
+    pub(super) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WriteOp>,
+        completions: SyncSender<Completed>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut closing: Option<oneshot::Sender<()>> = None;
         while let Some(op) = rx.blocking_recv() {

@@ -29,6 +29,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server; `tune` adjusts the configuration (limits are off unless it turns them on).
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestServer {
+        if let Ok(filter) = std::env::var("NEBULA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::for_data_dir(dir.path());
         config.publish_rate = 0;
@@ -381,5 +387,83 @@ impl Drop for NebulaProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A real `redis-server` on a free port, with AOF (`appendfsync always`) in its own directory.
+pub struct RedisServer {
+    pub child: Option<std::process::Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts (or restarts) the server on the same port and directory.
+    pub fn spawn(&mut self) -> Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .args(["--appendfsync", "always", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server is missing: apt-get install redis-server (scripts/test does)")?;
+        self.child = Some(child);
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("redis-server did not start on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of the server.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -13,22 +13,31 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 /// The address of an `http://host:port` URL.
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
-    let rest = url.strip_prefix("http://").with_context(|| format!("{url}: only http:// URLs"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs"))?;
     let host = rest.split('/').next().unwrap_or(rest);
-    host.parse().with_context(|| format!("{url}: expected http://IP:PORT"))
+    host.parse()
+        .with_context(|| format!("{url}: expected http://IP:PORT"))
 }
 
 /// The source address for connection `k`: spread over 127.0.0.2..=127.0.0.9 when the target is
 /// on loopback (each source address has its own ~28,000 ports per destination).
 pub fn source_for(target: SocketAddr, k: usize) -> Option<IpAddr> {
     match target.ip() {
-        IpAddr::V4(v4) if v4.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 8) as u8))),
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 8) as u8)))
+        }
         _ => None,
     }
 }
 
 async fn connect_from(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
-    let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
@@ -45,7 +54,10 @@ pub struct LoginClient {
 
 impl LoginClient {
     pub async fn new(target: SocketAddr) -> Result<LoginClient> {
-        Ok(LoginClient { target, stream: BufReader::new(connect_from(target, None).await?) })
+        Ok(LoginClient {
+            target,
+            stream: BufReader::new(connect_from(target, None).await?),
+        })
     }
 
     /// Logs in as `name`; returns the cookie pair to send.
@@ -82,7 +94,11 @@ impl LoginClient {
         let mut body = vec![0; length];
         self.stream.read_exact(&mut body).await?;
         if !status.contains(" 200 ") {
-            bail!("login failed: {} {}", status.trim(), String::from_utf8_lossy(&body));
+            bail!(
+                "login failed: {} {}",
+                status.trim(),
+                String::from_utf8_lossy(&body)
+            );
         }
         cookie.context("no cookie in the login response")
     }
@@ -94,9 +110,15 @@ pub type Ws = WebSocketStream<TcpStream>;
 pub async fn ws_connect(target: SocketAddr, source: Option<IpAddr>, cookie: &str) -> Result<Ws> {
     let stream = connect_from(target, source).await?;
     let mut req = format!("ws://{target}/ws").into_client_request()?;
-    req.headers_mut().insert("Cookie", HeaderValue::from_str(cookie)?);
-    req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("nebula.v1.json"));
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    req.headers_mut()
+        .insert("Cookie", HeaderValue::from_str(cookie)?);
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("nebula.v1.json"),
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
     let (ws, _) = client_async_with_config(req, stream, Some(config)).await?;
     Ok(ws)
 }

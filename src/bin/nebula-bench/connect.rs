@@ -26,7 +26,12 @@ pub struct Report {
 const USERS: usize = 200;
 
 pub async fn worker(args: &ConnectArgs, index: usize, workers: usize) -> Result<Report> {
-    let urls: Vec<_> = args.common.url.iter().map(|u| parse_url(u)).collect::<Result<_>>()?;
+    let urls: Vec<_> = args
+        .common
+        .url
+        .iter()
+        .map(|u| parse_url(u))
+        .collect::<Result<_>>()?;
     let mut cookies = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let mut login = LoginClient::new(*url).await?;
@@ -36,7 +41,9 @@ pub async fn worker(args: &ConnectArgs, index: usize, workers: usize) -> Result<
         }
         cookies.push(per_url);
     }
-    let mine: Vec<usize> = (0..args.connections).filter(|k| k % workers == index).collect();
+    let mine: Vec<usize> = (0..args.connections)
+        .filter(|k| k % workers == index)
+        .collect();
     let gate = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -94,7 +101,13 @@ pub async fn worker(args: &ConnectArgs, index: usize, workers: usize) -> Result<
     for r in readers {
         let _ = r.await;
     }
-    Ok(Report { connections, failures, connect_secs, handshake: Latencies::from_histogram(&h), first_error })
+    Ok(Report {
+        connections,
+        failures,
+        connect_secs,
+        handshake: Latencies::from_histogram(&h),
+        first_error,
+    })
 }
 
 pub fn parent(args: &ConnectArgs, pool: &mut Workers) -> Result<Summary> {

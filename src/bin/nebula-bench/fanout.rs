@@ -57,7 +57,11 @@ fn number_after(s: &str, pat: &str) -> Option<u64> {
 }
 
 /// Logs in `names` at `target` over `parallel` keep-alive connections.
-async fn login_all(target: std::net::SocketAddr, names: Vec<String>, parallel: usize) -> Result<Vec<String>> {
+async fn login_all(
+    target: std::net::SocketAddr,
+    names: Vec<String>,
+    parallel: usize,
+) -> Result<Vec<String>> {
     let chunk = names.len().div_ceil(parallel).max(1);
     let mut tasks = Vec::new();
     for part in names.chunks(chunk).map(<[String]>::to_vec) {
@@ -78,7 +82,12 @@ async fn login_all(target: std::net::SocketAddr, names: Vec<String>, parallel: u
 }
 
 pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<Report> {
-    let urls: Vec<_> = args.common.url.iter().map(|u| parse_url(u)).collect::<Result<_>>()?;
+    let urls: Vec<_> = args
+        .common
+        .url
+        .iter()
+        .map(|u| parse_url(u))
+        .collect::<Result<_>>()?;
     let total = args.rooms * args.members;
     // This worker's members: every member of its rooms.
     let mine: Vec<(usize, usize)> = (0..args.rooms)
@@ -87,7 +96,9 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
         .collect();
     let mut cookies = vec![String::new(); mine.len()];
     for (u, url) in urls.iter().enumerate() {
-        let idx: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].1 % urls.len() == u).collect();
+        let idx: Vec<usize> = (0..mine.len())
+            .filter(|&i| mine[i].1 % urls.len() == u)
+            .collect();
         let names = idx.iter().map(|&i| format!("fan-{}", mine[i].1)).collect();
         for (i, c) in idx.into_iter().zip(login_all(*url, names, 8).await?) {
             cookies[i] = c;
@@ -106,11 +117,14 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
             let join = json!({"id": 1, "type": "join", "room": format!("fan{room}")});
             ws.send(Message::Text(join.to_string().into())).await?;
             loop {
-                let frame = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")??;
+                let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await?
+                    .context("closed")??;
                 if let Message::Text(t) = frame
                     && t.as_str().contains("\"type\":\"joined\"")
                 {
-                    let offset = number_after(t.as_str(), "\"offset\":").context("joined offset")?;
+                    let offset =
+                        number_after(t.as_str(), "\"offset\":").context("joined offset")?;
                     return anyhow::Ok((ws, room, k, offset));
                 }
             }
@@ -214,7 +228,11 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
     }
     for members in rooms.values() {
         // The room's last offset: the highest any member acked or received.
-        let last = members.iter().map(|m| m.max_acked.max(m.expected.saturating_sub(1))).max().unwrap_or(0);
+        let last = members
+            .iter()
+            .map(|m| m.max_acked.max(m.expected.saturating_sub(1)))
+            .max()
+            .unwrap_or(0);
         for m in members {
             report.published += m.published;
             report.acked += m.acked;
@@ -236,7 +254,12 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
     let t0 = std::time::Instant::now();
     pool.go()?;
     let reports: Vec<Report> = pool.reports()?;
-    let cpu = (pids.iter().filter_map(|p| stats::cpu_seconds(*p)).sum::<f64>() - cpu_before) / t0.elapsed().as_secs_f64();
+    let cpu = (pids
+        .iter()
+        .filter_map(|p| stats::cpu_seconds(*p))
+        .sum::<f64>()
+        - cpu_before)
+        / t0.elapsed().as_secs_f64();
     let mut h = stats::histogram();
     let mut acks = stats::histogram();
     let mut sum = Report::default();
@@ -300,7 +323,11 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         p.max,
         sum.lost,
         sum.duplicated,
-        if pids.is_empty() { String::new() } else { format!("; server CPU {cpu:.2} cores") },
+        if pids.is_empty() {
+            String::new()
+        } else {
+            format!("; server CPU {cpu:.2} cores")
+        },
         a.p50,
         a.p95,
         a.p99,

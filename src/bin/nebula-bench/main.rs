@@ -92,7 +92,9 @@ pub struct FanoutArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
     let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -105,7 +107,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `I/W` of a worker.
 fn worker_slot(common: &Common) -> Result<Option<(usize, usize)>> {
-    let Some(w) = &common.worker else { return Ok(None) };
+    let Some(w) = &common.worker else {
+        return Ok(None);
+    };
     let (i, n) = w.split_once('/').context("--worker I/W")?;
     Ok(Some((i.parse()?, n.parse()?)))
 }
@@ -116,13 +120,19 @@ fn main() -> Result<()> {
         Scenario::Connect(a) => &a.common,
         Scenario::Fanout(a) => &a.common,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if let Some((index, workers)) = worker_slot(common)? {
         // A worker: do this slice, print "ready", wait for "go", finish, print the report.
         return runtime.block_on(async {
             let report = match &cli.scenario {
-                Scenario::Connect(a) => serde_json::to_string(&connect::worker(a, index, workers).await?)?,
-                Scenario::Fanout(a) => serde_json::to_string(&fanout::worker(a, index, workers).await?)?,
+                Scenario::Connect(a) => {
+                    serde_json::to_string(&connect::worker(a, index, workers).await?)?
+                }
+                Scenario::Fanout(a) => {
+                    serde_json::to_string(&fanout::worker(a, index, workers).await?)?
+                }
             };
             println!("{report}");
             Ok(())
@@ -132,7 +142,10 @@ fn main() -> Result<()> {
         Scenario::Connect(a) => a.connections,
         Scenario::Fanout(a) => a.rooms * a.members,
     };
-    let workers = common.workers.unwrap_or(connections.div_ceil(PER_WORKER)).max(1);
+    let workers = common
+        .workers
+        .unwrap_or(connections.div_ceil(PER_WORKER))
+        .max(1);
     let mut pool = Workers::spawn(workers)?;
     let summary = match &cli.scenario {
         Scenario::Connect(a) => connect::parent(a, &mut pool)?,
@@ -208,7 +221,10 @@ impl Workers {
             if !status.success() {
                 bail!("worker {i} exited with {status}");
             }
-            reports.push(serde_json::from_str(&line).with_context(|| format!("worker {i} report {line:?}"))?);
+            reports.push(
+                serde_json::from_str(&line)
+                    .with_context(|| format!("worker {i} report {line:?}"))?,
+            );
         }
         Ok(reports)
     }

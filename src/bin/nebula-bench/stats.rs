@@ -16,7 +16,12 @@ pub fn histogram() -> Histogram<u64> {
 
 impl Latencies {
     pub fn from_histogram(h: &Histogram<u64>) -> Latencies {
-        Latencies { pairs: h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect() }
+        Latencies {
+            pairs: h
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        }
     }
 
     pub fn into_histogram(self, h: &mut Histogram<u64>) {
@@ -66,5 +71,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Microseconds since the epoch (the clock carried in fan-out bodies, shared by all workers).
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
