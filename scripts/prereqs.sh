@@ -19,6 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # A Debian install may start a system redis on 6379; the tests start their own on free ports.
 
+python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || { echo "missing: python3 yaml (pip install pyyaml)" >&2; exit 1; }
 command -v node >/dev/null 2>&1 || { echo "missing: node (Node.js) for the browser test" >&2; exit 1; }
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing playwright-core for the browser test ..."

@@ -30,6 +30,8 @@ pub struct Report {
     duplicated: u64,
     latency: Latencies,
     ack_latency: Latencies,
+    /// Deliveries whose publisher is connected to another node (another URL) than the receiver.
+    cross_node_latency: Latencies,
     first_error: Option<String>,
 }
 
@@ -151,11 +153,14 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
     let read_until = publish_until + Duration::from_secs(args.drain);
     let histogram = Arc::new(Mutex::new(stats::histogram()));
     let ack_histogram = Arc::new(Mutex::new(stats::histogram()));
-    let padding = "x".repeat(args.body_bytes.saturating_sub(20));
+    let cross_histogram = Arc::new(Mutex::new(stats::histogram()));
+    let url_count = urls.len();
+    let padding = "x".repeat(args.body_bytes.saturating_sub(28));
     let mut tasks = Vec::new();
     for (mut ws, room, k, joined_offset) in conns {
         let histogram = histogram.clone();
         let ack_histogram = ack_histogram.clone();
+        let cross_histogram = cross_histogram.clone();
         let padding = padding.clone();
         let phase = interval.mul_f64(k as f64 / total as f64);
         tasks.push(tokio::spawn(async move {
@@ -182,7 +187,12 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
                             m.expected = offset + 1;
                             m.deliveries += 1;
                             if let Some(sent) = number_after(t, "\"body\":\"t=") {
-                                histogram.lock().expect("histogram").saturating_record(now.saturating_sub(sent).max(1));
+                                let took = now.saturating_sub(sent).max(1);
+                                histogram.lock().expect("histogram").saturating_record(took);
+                                let publisher = number_after(t, ";p=").unwrap_or(k as u64) as usize;
+                                if publisher % url_count != k % url_count {
+                                    cross_histogram.lock().expect("histogram").saturating_record(took);
+                                }
                             }
                         } else if t.contains("\"type\":\"ack\"") {
                             m.acked += 1;
@@ -204,7 +214,7 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
                             // The body carries the scheduled time, not the actual one: a late send
                             // shows as latency (no coordinated omission).
                             let scheduled = go_us + (next_send - go).as_micros() as u64;
-                            let body = format!("t={scheduled};{padding}");
+                            let body = format!("t={scheduled};p={k};{padding}");
                             let req = json!({"id": id, "type": "publish", "room": room_name, "body": body});
                             id += 1;
                             m.published += 1;
@@ -244,6 +254,8 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
     }
     report.latency = Latencies::from_histogram(&histogram.lock().expect("histogram"));
     report.ack_latency = Latencies::from_histogram(&ack_histogram.lock().expect("histogram"));
+    report.cross_node_latency =
+        Latencies::from_histogram(&cross_histogram.lock().expect("histogram"));
     Ok(report)
 }
 
@@ -262,6 +274,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         / t0.elapsed().as_secs_f64();
     let mut h = stats::histogram();
     let mut acks = stats::histogram();
+    let mut cross = stats::histogram();
     let mut sum = Report::default();
     for r in reports {
         sum.connections += r.connections;
@@ -275,9 +288,11 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         sum.first_error = sum.first_error.or(r.first_error);
         r.latency.into_histogram(&mut h);
         r.ack_latency.into_histogram(&mut acks);
+        r.cross_node_latency.into_histogram(&mut cross);
     }
     let p = stats::percentiles(&h);
     let a = stats::percentiles(&acks);
+    let x = stats::percentiles(&cross);
     let secs = args.common.duration.as_secs_f64();
     let json = json!({
         "scenario": "fanout",
@@ -297,6 +312,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         "latency_ms": { "p50": p.p50, "p95": p.p95, "p99": p.p99, "max": p.max },
         "ack_latency_ms": { "p50": a.p50, "p95": a.p95, "p99": a.p99, "max": a.max },
         "acks_per_sec": sum.acked as f64 / secs,
+        "cross_node_latency_ms": { "p50": x.p50, "p95": x.p95, "p99": x.p99, "max": x.max, "count": x.count },
         "lost": sum.lost,
         "duplicated": sum.duplicated,
         "server_cpu_cores": if pids.is_empty() { serde_json::Value::Null } else { json!(cpu) },
@@ -306,7 +322,8 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         "fanout: {} connections ({} failed), {} rooms x {}, {:.0} msg/s for {secs:.0} s\n\
          published {} acked {} errors {}; deliveries {} = {:.0}/s\n\
          delivery latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms; lost {} duplicated {}{}\n\
-         ack latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+         ack latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n\
+         cross-node deliveries {}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         sum.connections,
         sum.failures,
         args.rooms,
@@ -332,6 +349,11 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         a.p95,
         a.p99,
         a.max,
+        x.count,
+        x.p50,
+        x.p95,
+        x.p99,
+        x.max,
     );
     Ok(Summary { human, json })
 }
