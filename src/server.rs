@@ -382,6 +382,37 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, app: Arc<App>) -> Respo
                 app.metrics.render(),
             )
         }
+        (&Method::GET, "/dashboard/stats") => {
+            let m = &app.metrics;
+            let redis = match (app.cluster, m.redis_connected.get()) {
+                (false, _) => "single node",
+                (true, 1) => "connected",
+                (true, _) => "disconnected",
+            };
+            let rows = [
+                ("node", app.ctx.node_id.to_string()),
+                ("ready", app.ready.load(Ordering::SeqCst).to_string()),
+                ("redis", redis.to_string()),
+                ("connections", m.connections.get().to_string()),
+                ("rooms with members here", m.rooms.get().to_string()),
+                ("messages published", m.messages_published.get().to_string()),
+                ("messages delivered", m.messages_delivered.get().to_string()),
+                ("publishes refused", m.publishes_refused.get().to_string()),
+                (
+                    "slow consumers closed (4008)",
+                    m.slow_consumers.get().to_string(),
+                ),
+                (
+                    "tasks alive",
+                    (app.sessions.len() + app.tasks.len()).to_string(),
+                ),
+            ];
+            response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                web::dashboard_rows(&rows),
+            )
+        }
         (&Method::POST, "/api/login") => login(req, peer.ip(), &app).await,
         (&Method::POST, "/api/logout") => {
             let mut r = json(StatusCode::OK, serde_json::json!({}));

@@ -177,6 +177,14 @@ async fn health_ready_metrics_and_page() -> Result<()> {
         http(s.addr, "GET", "/static/app.js", &[], "").await?.status,
         200
     );
+    let dash = http(s.addr, "GET", "/dashboard", &[], "").await?;
+    assert!(dash.body.contains("hx-get=\"/dashboard/stats\""));
+    let stats = http(s.addr, "GET", "/dashboard/stats", &[], "").await?;
+    assert!(
+        stats.body.starts_with("<table>") && stats.body.contains("connections"),
+        "{}",
+        stats.body
+    );
     assert_eq!(http(s.addr, "GET", "/nope", &[], "").await?.status, 404);
     s.shutdown().await;
     Ok(())

@@ -74,6 +74,16 @@ try {
 
   if (process.env.SCREENSHOT) await alice.screenshot({ path: process.env.SCREENSHOT });
 
+  // The HTMX dashboard loads its figures by itself and shows this node's connections.
+  const dash = await alice.context().newPage();
+  await dash.goto(`${base}/dashboard`);
+  await dash.waitForFunction(() => {
+    const cells = [...document.querySelectorAll("#stats td")].map((td) => td.textContent);
+    const i = cells.indexOf("connections");
+    return i >= 0 && Number(cells[i + 1]) >= 2;
+  });
+  await dash.close();
+
   // The server is killed (kill -9) and restarted; three messages are published meanwhile by
   // another client. Both pages come back by themselves and show each message exactly once.
   await askRestart();
