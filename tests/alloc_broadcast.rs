@@ -7,12 +7,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nebula::auth::User;
-use nebula::hub::{Delivered, Member, Room};
+use nebula::hub::Delivered;
 use nebula::metrics::Metrics;
-use nebula::protocol::Message;
-use nebula::session::{Closer, Outbox};
-use tokio_util::sync::CancellationToken;
+
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 struct Counting;
 
@@ -40,36 +39,11 @@ static GLOBAL: Counting = Counting;
 /// Average allocations per broadcast in a room of `members`, over `rounds` broadcasts (after a
 /// warm-up that fills the ring and the queues' blocks).
 fn allocations_per_broadcast(members: usize, rounds: u64) -> f64 {
-    let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
-    let mut room = Room::new("bench".into(), 0, 64);
-    let mut receivers = Vec::new();
-    for conn in 0..members as u64 {
-        let (outbox, rx) = Outbox::new(conn, 1024, Closer::child_of(&shutdown));
-        let user = User {
-            id: format!("u{conn}").into(),
-            name: format!("user {conn}").into(),
-        };
-        room.add_member(conn, Member { user, outbox });
-        receivers.push(rx);
-    }
-    let sender = User {
-        id: "sender".into(),
-        name: "Sender".into(),
-    };
-    let body: std::sync::Arc<str> = "hello, this is a chat message of ordinary length".into();
-    let message = |offset| Message {
-        room: "bench".into(),
-        offset,
-        user: sender.clone(),
-        body: body.clone(),
-        ts: 1_764_300_000_000,
-    };
-    let mut offset = 0;
+    let (mut room, mut receivers, _shutdown) = support::room_of(members);
     let mut total = 0;
     for round in 0..(200 + rounds) {
-        offset += 1;
-        let m = message(offset);
+        let m = support::message(round + 1);
         let before = ALLOCATIONS.load(Ordering::Relaxed);
         let delivered = room.deliver(&m, &metrics);
         let after = ALLOCATIONS.load(Ordering::Relaxed);
@@ -78,9 +52,7 @@ fn allocations_per_broadcast(members: usize, rounds: u64) -> f64 {
             total += after - before;
         }
         drop(m);
-        for rx in &mut receivers {
-            while rx.try_recv().is_ok() {}
-        }
+        support::drain(&mut receivers);
     }
     total as f64 / rounds as f64
 }

@@ -34,34 +34,18 @@ fn node_process(
     NebulaProcess::start(dir, &args)
 }
 
-/// Every message of a room through `history` pages, oldest first: (offset, body).
+/// Every message of a room: (offset, body), oldest first.
 async fn history(c: &mut Client, room: &str) -> Result<Vec<(u64, String)>> {
-    let mut all = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut req = json!({"type": "history", "room": room, "limit": 200});
-        if let Some(b) = before {
-            req["before"] = json!(b);
-        }
-        let page = c.request(req).await?;
-        let msgs = page["messages"].as_array().cloned().unwrap_or_default();
-        if msgs.is_empty() {
-            break;
-        }
-        before = msgs[0]["offset"].as_u64();
-        let mut page: Vec<(u64, String)> = msgs
-            .iter()
-            .map(|m| {
-                (
-                    m["offset"].as_u64().unwrap(),
-                    m["body"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        page.extend(all);
-        all = page;
-    }
-    Ok(all)
+    let all = c.all_messages(room).await?;
+    Ok(all
+        .iter()
+        .map(|m| {
+            (
+                m["offset"].as_u64().unwrap(),
+                m["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect())
 }
 
 async fn member_names(c: &mut Client, room: &str) -> Result<Vec<String>> {

@@ -106,28 +106,6 @@ async fn publish_keys(
     Ok(acked)
 }
 
-/// Every message of room `crash`, through `history` pages of 200 going back from the latest.
-async fn all_messages(c: &mut Client) -> Result<Vec<Value>> {
-    let mut all = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut req = json!({"type": "history", "room": "crash", "limit": 200});
-        if let Some(b) = before {
-            req["before"] = json!(b);
-        }
-        let page = c.request(req).await?;
-        let msgs = page["messages"].as_array().unwrap().clone();
-        if msgs.is_empty() {
-            break;
-        }
-        before = msgs[0]["offset"].as_u64();
-        let mut msgs = msgs;
-        msgs.extend(all);
-        all = msgs;
-    }
-    Ok(all)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_loses_no_acked_message_and_resends_store_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -146,7 +124,7 @@ async fn kill_9_mid_burst_loses_no_acked_message_and_resends_store_once() -> Res
     let p = NebulaProcess::start(dir.path(), &[])?;
     let mut c = Client::connect(p.addr, &cookie).await?;
     let joined = c.join("crash").await?;
-    let stored = all_messages(&mut c).await?;
+    let stored = c.all_messages("crash").await?;
     let last = joined["offset"].as_u64().unwrap();
     assert_eq!(stored.len() as u64, last, "offsets 1..=last are all there");
     for (i, m) in stored.iter().enumerate() {
@@ -180,7 +158,7 @@ async fn kill_9_mid_burst_loses_no_acked_message_and_resends_store_once() -> Res
     }
     let mut c = Client::connect(p.addr, &cookie).await?;
     c.join("crash").await?;
-    let stored = all_messages(&mut c).await?;
+    let stored = c.all_messages("crash").await?;
     assert_eq!(stored.len(), keys.len(), "each key stored exactly once");
     for (i, m) in stored.iter().enumerate() {
         assert_eq!(m["offset"], i as u64 + 1);

@@ -467,3 +467,26 @@ impl Drop for RedisServer {
         self.kill9();
     }
 }
+
+impl Client {
+    /// Every message of `room`, through `history` pages of 200 going back from the latest,
+    /// oldest first.
+    pub async fn all_messages(&mut self, room: &str) -> Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let mut req = json!({"type": "history", "room": room, "limit": 200});
+            if let Some(b) = before {
+                req["before"] = json!(b);
+            }
+            let page = self.request(req).await?;
+            let mut msgs = page["messages"].as_array().cloned().unwrap_or_default();
+            if msgs.is_empty() {
+                return Ok(all);
+            }
+            before = msgs[0]["offset"].as_u64();
+            msgs.extend(all);
+            all = msgs;
+        }
+    }
+}
