@@ -26,6 +26,14 @@ pub struct User {
     pub name: Arc<str>,
 }
 
+/// A verified session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    /// Seconds since the epoch when the session stops being valid.
+    pub expires_at: u64,
+}
+
 /// Why a cookie or a name was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -134,6 +142,11 @@ impl Keys {
 
     /// Verifies a cookie value at time `now` (seconds since the epoch).
     pub fn verify(&self, value: &str, now: u64) -> Result<User, AuthError> {
+        self.verify_session(value, now).map(|s| s.user)
+    }
+
+    /// Verifies a cookie value and says until when the session is valid.
+    pub fn verify_session(&self, value: &str, now: u64) -> Result<Session, AuthError> {
         let mut parts = value.split('.');
         let (Some("v1"), Some(kid), Some(payload), Some(tag), None) = (
             parts.next(),
@@ -159,21 +172,24 @@ impl Keys {
             return Err(AuthError::Expired);
         }
         let name = validate_name(&payload.name)?;
-        Ok(User {
-            id: payload.uid.into(),
-            name: name.into(),
+        Ok(Session {
+            user: User {
+                id: payload.uid.into(),
+                name: name.into(),
+            },
+            expires_at: payload.iat.saturating_add(self.ttl.as_secs()),
         })
     }
 
     /// Finds and verifies the session cookie in a `Cookie` header value.
-    pub fn verify_cookie_header(&self, header: &str, now: u64) -> Result<User, AuthError> {
+    pub fn verify_cookie_header(&self, header: &str, now: u64) -> Result<Session, AuthError> {
         let value = header
             .split(';')
             .filter_map(|c| c.trim().split_once('='))
             .find(|(k, _)| *k == COOKIE_NAME)
             .map(|(_, v)| v)
             .ok_or(AuthError::Malformed)?;
-        self.verify(value, now)
+        self.verify_session(value, now)
     }
 
     /// The `Set-Cookie` header value for a session.
@@ -262,7 +278,14 @@ mod tests {
     fn cookie_header_is_parsed() {
         let keys = Keys::new(b"secret", Duration::from_secs(60));
         let header = format!("a=b; {COOKIE_NAME}={}; c=d", keys.sign(&alice(), 1000));
-        assert_eq!(keys.verify_cookie_header(&header, 1001), Ok(alice()));
+        let session = keys.verify_cookie_header(&header, 1001).unwrap();
+        assert_eq!(
+            session,
+            Session {
+                user: alice(),
+                expires_at: 1060
+            }
+        );
         assert!(keys.verify_cookie_header("a=b", 1001).is_err());
     }
 

@@ -347,7 +347,7 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, serde_json::json!({ "error": message }))
 }
 
-fn session_user(app: &App, req: &Request<Incoming>) -> Option<User> {
+fn session_user(app: &App, req: &Request<Incoming>) -> Option<auth::Session> {
     let header = req.headers().get(header::COOKIE)?.to_str().ok()?;
     app.keys.verify_cookie_header(header, auth::now_secs()).ok()
 }
@@ -422,7 +422,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, app: Arc<App>) -> Respo
             );
             r
         }
-        (&Method::GET, "/api/me") => match session_user(&app, &req) {
+        (&Method::GET, "/api/me") => match session_user(&app, &req).map(|s| s.user) {
             Some(user) => json(StatusCode::OK, serde_json::json!({ "user": user })),
             None => json_error(StatusCode::UNAUTHORIZED, "not logged in"),
         },
@@ -452,7 +452,7 @@ async fn login(req: Request<Incoming>, ip: IpAddr, app: &App) -> Response<Body> 
     if !app.limits.allow_connect(ip) {
         return rate_limited(app);
     }
-    let existing = session_user(app, &req);
+    let existing = session_user(app, &req).map(|s| s.user);
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -526,7 +526,7 @@ fn upgrade(mut req: Request<Incoming>, ip: IpAddr, app: &Arc<App>) -> Response<B
     if !app.limits.allow_connect(ip) {
         return rate_limited(app);
     }
-    let Some(user) = session_user(app, &req) else {
+    let Some(auth::Session { user, expires_at }) = session_user(app, &req) else {
         return json_error(StatusCode::UNAUTHORIZED, "log in first (POST /api/login)");
     };
     if !origin_allowed(app, &req) {
@@ -574,7 +574,7 @@ fn upgrade(mut req: Request<Incoming>, ip: IpAddr, app: &Arc<App>) -> Response<B
             Some(session::websocket_config()),
         )
         .await;
-        session::run(socket, conn, user, closer, ctx, &sessions).await;
+        session::run(socket, conn, user, expires_at, closer, ctx, &sessions).await;
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -147,6 +147,12 @@ async fn expired_sessions_are_refused() -> Result<()> {
         401
     );
     assert!(ws_connect(s.addr, Some(&cookie), None).await.is_err());
+    // A session that expires while connected is closed with 1008.
+    let cookie = login(s.addr, "dave").await?;
+    let mut c = Client::connect(s.addr, &cookie).await?;
+    let started = std::time::Instant::now();
+    assert_eq!(c.expect_close().await?, 1008);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
     s.shutdown().await;
     Ok(())
 }

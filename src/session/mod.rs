@@ -67,6 +67,7 @@ pub async fn run(
     socket: Socket,
     conn: ConnId,
     user: User,
+    expires_at: u64,
     closer: Arc<Closer>,
     ctx: Arc<SessionContext>,
     tracker: &tokio_util::task::TaskTracker,
@@ -76,7 +77,9 @@ pub async fn run(
     let (outbox, rx) = Outbox::new(conn, ctx.outbox_capacity, closer.clone());
     outbox.send(protocol::welcome(&user, &ctx.node_id));
     let (sink, stream) = socket.split();
-    let writer = tracker.spawn(write_loop(sink, rx, closer.clone()));
+    let valid_for = Duration::from_secs(expires_at.saturating_sub(crate::auth::now_secs()));
+    let expiry = tokio::time::Instant::now() + valid_for;
+    let writer = tracker.spawn(write_loop(sink, rx, closer.clone(), expiry));
     let mut reader = Reader {
         ctx: ctx.clone(),
         user,
@@ -275,15 +278,23 @@ async fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: mpsc::Receiver<Frame>,
     closer: Arc<Closer>,
+    expiry: tokio::time::Instant,
 ) {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.reset();
+    // The session cookie's lifetime also bounds the connection: then it closes with 1008.
+    let expired = tokio::time::sleep_until(expiry);
+    tokio::pin!(expired);
     // Grows to the largest burst seen, not more: an idle connection holds only a few slots.
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             biased;
             _ = closer.closed() => break,
+            _ = &mut expired => {
+                closer.close(close::POLICY);
+                break;
+            }
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 {
                     break;
