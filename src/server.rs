@@ -126,7 +126,6 @@ impl Nebula {
             ),
         };
         let options = HubOptions {
-            shards: config.shards,
             recovery_window: config.recovery_window,
             ring_capacity: RING_CAPACITY,
         };

@@ -81,7 +81,6 @@ pub enum ShardMsg {
 /// Settings the shards share.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
-    pub shards: usize,
     pub recovery_window: u64,
     pub ring_capacity: usize,
 }
@@ -198,14 +197,6 @@ impl Hub {
     pub async fn stop(&self) {
         for shard in self.shards.iter() {
             let _stopped = shard.send(ShardMsg::Stop).await;
-        }
-    }
-
-    /// A user for the member of a connection.
-    pub fn member(user: &User, outbox: &Outbox) -> Member {
-        Member {
-            user: user.clone(),
-            outbox: outbox.clone(),
         }
     }
 }

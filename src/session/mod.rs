@@ -26,7 +26,7 @@ pub use outbox::{Closer, ConnId, Outbox, Sent};
 
 use crate::auth::User;
 use crate::broker::Publish;
-use crate::hub::{Hub, ShardMsg};
+use crate::hub::{Hub, Member, ShardMsg};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -191,7 +191,10 @@ impl Reader {
                     );
                 }
                 self.rooms.insert(room.clone());
-                let member = Hub::member(&self.user, &self.outbox);
+                let member = Member {
+                    user: self.user.clone(),
+                    outbox: self.outbox.clone(),
+                };
                 self.ctx.hub.join(member, room, since, id).await;
             }
             Request::Leave { room } => {

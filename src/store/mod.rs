@@ -30,9 +30,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    /// The writer's queue is full, or the writer has stopped.
-    #[error("the store writer is not accepting writes")]
-    Unavailable,
     #[error("a read task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -169,7 +166,8 @@ impl Store {
         &self.inner.initial_offsets
     }
 
-    /// Queues a write without waiting; `Unavailable` when the queue is full or the writer gone.
+    /// Queues a write without waiting; `Refused` (the op handed back) when the queue is full or
+    /// the writer gone.
     pub fn try_write(&self, op: WriteOp) -> Result<(), Refused> {
         self.inner.writes.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op) => {
