@@ -122,7 +122,13 @@ pub struct RedisBroker {
 }
 
 fn redis_err(e: redis::RedisError) -> BrokerError {
-    BrokerError::Redis(e.to_string())
+    // Some Redis errors display as an empty string; the debug form always says what happened.
+    let text = e.to_string();
+    BrokerError::Redis(if text.trim().is_empty() {
+        format!("{e:?}")
+    } else {
+        text
+    })
 }
 
 impl RedisBroker {
