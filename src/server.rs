@@ -228,7 +228,14 @@ impl RunningServer {
         self.accept_stop.cancel();
         self.hub.stop().await;
         self.broker.close().await;
-        let _ = tokio::time::timeout_at(deadline, self.store.close()).await;
+        if tokio::time::timeout_at(deadline, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the store did not finish its last commit before the shutdown deadline"
+            );
+        }
         self.app.tasks.close();
         let tasks_done = tokio::time::timeout_at(deadline, self.app.tasks.wait())
             .await
