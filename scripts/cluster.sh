@@ -7,14 +7,13 @@
 #   scripts/cluster.sh stop       stop a background cluster (SIGTERM, then wait)
 #
 # Environment: CLUSTER_DIR (default ./nebula-cluster), REDIS_PORT (6390), BASE_PORT (8080),
-# NEBULA_SECRET (default: a fixed development secret), NEBULA_FLAGS (extra flags for each node,
+# NEBULA_SECRET (default: a key generated once into $CLUSTER_DIR/secret), NEBULA_FLAGS (extra flags for each node,
 # e.g. "--publish-rate 0 --connect-rate 0" for load tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${CLUSTER_DIR:-./nebula-cluster}
 redis_port=${REDIS_PORT:-6390}
 base=${BASE_PORT:-8080}
-export NEBULA_SECRET=${NEBULA_SECRET:-dev-cluster-secret-change-me}
 flags=${NEBULA_FLAGS:-}
 
 stop() {
@@ -40,6 +39,11 @@ start() {
   [ -f "$dir/pids" ] && { echo "a cluster is already running ($dir/pids); scripts/cluster.sh stop" >&2; exit 1; }
   cargo build --release --bin nebula -q
   mkdir -p "$dir/redis"
+  # One cookie key for the three nodes, generated once and readable by this user alone.
+  if [ -z "${NEBULA_SECRET:-}" ]; then
+    [ -s "$dir/secret" ] || (umask 077; head -c 32 /dev/urandom | base64 > "$dir/secret")
+    export NEBULA_SECRET_FILE="$dir/secret"
+  fi
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --appendonly yes \
     --appendfsync always --save "" --daemonize no > "$dir/redis.log" 2>&1 &
   echo "redis $!" > "$dir/pids"

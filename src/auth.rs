@@ -84,15 +84,15 @@ impl Keys {
         }
     }
 
-    /// The secret from `--secret`, or the one kept in `data_dir/secret` (created with mode 0600
-    /// on first start), so cookies survive restarts.
+    /// The secret given (`--secret` or `--secret-file`), or the one kept in `data_dir/secret`
+    /// (created with mode 0600 on first start), so cookies survive restarts.
     pub fn load_or_create(
-        secret: Option<&str>,
+        secret: Option<&[u8]>,
         data_dir: &Path,
         ttl: Duration,
     ) -> std::io::Result<Keys> {
         if let Some(s) = secret.filter(|s| !s.is_empty()) {
-            return Ok(Keys::new(s.as_bytes(), ttl));
+            return Ok(Keys::new(s, ttl));
         }
         let path = data_dir.join("secret");
         match std::fs::read_to_string(&path) {
@@ -103,16 +103,7 @@ impl Keys {
         }
         let bytes: [u8; 32] = rand::random();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
-        file.write_all(hex.as_bytes())?;
-        file.sync_all()?;
+        crate::datadir::write_private(&path, hex.as_bytes())?;
         Ok(Keys::new(hex.as_bytes(), ttl))
     }
 

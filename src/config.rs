@@ -36,9 +36,14 @@ pub struct Config {
     /// This node's id (default: hostname plus a short random suffix).
     #[arg(long, env = "NEBULA_NODE_ID")]
     pub node_id: Option<String>,
-    /// Cookie signing key. Single node: generated and kept in the data dir when unset.
+    /// Cookie signing key, at least 32 bytes. Single node: generated and kept in the data dir
+    /// when unset.
     #[arg(long, env = "NEBULA_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file holding the cookie signing key (trimmed), instead of `--secret`: for containers
+    /// and secret stores, so that the key never appears in a process listing or environment.
+    #[arg(long, env = "NEBULA_SECRET_FILE", conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
     /// Extra origins allowed on /ws, comma-separated (e.g. `http://localhost:3000`).
     #[arg(long, env = "NEBULA_ALLOWED_ORIGIN", value_delimiter = ',')]
     pub allowed_origin: Vec<String>,
@@ -88,12 +93,16 @@ impl Config {
 
     /// Checks what clap cannot: cross-flag rules.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        if self.redis_url.is_some() && self.secret.as_deref().is_none_or(str::is_empty) {
+        if self.redis_url.is_some() && self.secret.is_none() && self.secret_file.is_none() {
             return Err(crate::Error::Config(
-                "cluster mode (--redis / NEBULA_REDIS_URL) needs --secret / NEBULA_SECRET, \
-                 the same on every node, so that a session cookie is valid on all of them"
+                "cluster mode (--redis / NEBULA_REDIS_URL) needs --secret / NEBULA_SECRET \
+                 (or --secret-file / NEBULA_SECRET_FILE), the same on every node, so that a \
+                 session cookie is valid on all of them"
                     .into(),
             ));
+        }
+        if let Some(secret) = &self.secret {
+            check_secret(secret.as_bytes(), "--secret / NEBULA_SECRET")?;
         }
         if self.shards == 0 || self.shards > 1024 {
             return Err(crate::Error::Config(
@@ -107,4 +116,38 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The cookie key given by `--secret` or read from `--secret-file` (trimmed); `None` when
+    /// neither is set (a single node then generates its own).
+    pub fn given_secret(&self) -> Result<Option<Vec<u8>>, crate::Error> {
+        if let Some(s) = &self.secret {
+            return Ok(Some(s.as_bytes().to_vec()));
+        }
+        let Some(path) = &self.secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::Error::Config(format!(
+                "--secret-file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let secret = text.trim().as_bytes().to_vec();
+        check_secret(&secret, &format!("--secret-file {}", path.display()))?;
+        Ok(Some(secret))
+    }
+}
+
+/// A cookie key shorter than this is refused at start: it could be guessed.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn check_secret(secret: &[u8], from: &str) -> Result<(), crate::Error> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(crate::Error::Config(format!(
+            "{from}: the cookie key must be at least {MIN_SECRET_BYTES} bytes (it has {}); \
+             generate one with `head -c 32 /dev/urandom | base64`",
+            secret.len()
+        )));
+    }
+    Ok(())
 }

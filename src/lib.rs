@@ -17,11 +17,13 @@
 //! - [`limits`]: rate limits per user and per IP.
 //! - [`metrics`]: Prometheus counters, never on the message path beyond an atomic add.
 //! - [`config`]: flags and `NEBULA_*` environment variables.
+//! - [`datadir`]: the locked data directory (0700) and the node's small files.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod hub;
 pub mod limits;

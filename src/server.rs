@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Keys, User};
 use crate::broker::{LocalBroker, RedisBroker, SharedBroker};
 use crate::config::Config;
+use crate::datadir::DataDir;
 use crate::hub::{Hub, HubOptions, RING_CAPACITY};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -69,28 +70,21 @@ pub struct RunningServer {
     store: Store,
     accept_stop: CancellationToken,
     deadline: Duration,
-}
-
-fn node_id(config: &Config) -> Arc<str> {
-    if let Some(id) = config.node_id.as_deref().filter(|s| !s.is_empty()) {
-        return id.into();
-    }
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "nebula".into());
-    format!("{}-{:04x}", host.trim(), rand::random::<u16>()).into()
+    /// Held until the shutdown is complete: the data dir stays locked while the store is open.
+    data_dir: DataDir,
 }
 
 impl Nebula {
     /// Opens the store, starts the shards and the broker, binds `config.listen` and serves.
     pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        let data_dir = DataDir::open(&config.data_dir)?;
         let keys = Keys::load_or_create(
-            config.secret.as_deref(),
-            &config.data_dir,
+            config.given_secret()?.as_deref(),
+            data_dir.path(),
             Duration::from_secs(config.session_ttl),
         )?;
-        let node_id = node_id(&config);
+        let node_id = data_dir.node_id(config.node_id.as_deref())?;
         let metrics = Arc::new(Metrics::new());
         let tasks = TaskTracker::new();
         let sessions = TaskTracker::new();
@@ -190,6 +184,7 @@ impl Nebula {
             store,
             accept_stop,
             deadline: config.shutdown_deadline(),
+            data_dir,
         })
     }
 }
@@ -240,6 +235,7 @@ impl RunningServer {
         let tasks_done = tokio::time::timeout_at(deadline, self.app.tasks.wait())
             .await
             .is_ok();
+        drop(self.data_dir);
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "shutdown complete"
@@ -363,19 +359,19 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, app: Arc<App>) -> Respo
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
-            if app.ready.load(Ordering::SeqCst) {
-                let body = match (app.cluster, app.metrics.redis_connected.get()) {
-                    (false, _) => "ready\n",
-                    (true, 1) => "ready (redis: connected)\n",
-                    (true, _) => "ready (redis: disconnected; publishes get unavailable)\n",
-                };
-                response(StatusCode::OK, "text/plain", body)
-            } else {
-                response(
+            let redis_up = !app.cluster || app.metrics.redis_connected.get() == 1;
+            match (app.ready.load(Ordering::SeqCst), redis_up) {
+                (true, true) => response(StatusCode::OK, "text/plain", "ready\n"),
+                (false, _) => response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "shutting down\n",
-                )
+                ),
+                (true, false) => response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not following the cluster (redis unreachable); publishes get unavailable\n",
+                ),
             }
         }
         (&Method::GET, "/metrics") => {

@@ -75,7 +75,7 @@ async fn redis_broker_meets_the_contract() -> Result<()> {
         let url = redis.url();
         TestServer::start(move |c| {
             c.redis_url = Some(url);
-            c.secret = Some("contract-secret".into());
+            c.secret = Some("contract-secret-of-at-least-32-bytes".into());
             c.node_id = Some(id.into());
         })
     };

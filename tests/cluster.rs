@@ -9,7 +9,7 @@ use anyhow::Result;
 use common::*;
 use serde_json::json;
 
-const SECRET: &str = "cluster-test-secret";
+const SECRET: &str = "cluster-test-secret-of-32-bytes-at-least";
 
 async fn node(redis: &RedisServer, id: &str) -> TestServer {
     let url = redis.url();
@@ -264,8 +264,10 @@ async fn a_redis_restart_loses_nothing_acknowledged() -> Result<()> {
             .len(),
         20
     );
+    // Readiness tells a load balancer to send new users elsewhere.
     let ready = http(n1.addr, "GET", "/readyz", &[], "").await?;
-    assert!(ready.body.contains("disconnected"), "{}", ready.body);
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("unreachable"), "{}", ready.body);
     redis.spawn()?;
     // The nodes reconnect by themselves.
     let start = Instant::now();
