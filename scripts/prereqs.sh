@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Nebula's tests need on Debian when it is missing: redis-server, Debian's
-# Chromium, and playwright-core (npm) for the browser test. Fails loudly when it cannot.
+# Chromium and its WebDriver (chromium-driver), and Selenium's Python client (PyPI) for the
+# browser test. Nothing comes from npm. Fails loudly when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need_apt[*]} — install them (apt-get install ${need_apt[*]}) or run as root" >&2
@@ -20,8 +22,5 @@ fi
 # A Debian install may start a system redis on 6379; the tests start their own on free ports.
 
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || { echo "missing: python3 yaml (pip install pyyaml)" >&2; exit 1; }
-command -v node >/dev/null 2>&1 || { echo "missing: node (Node.js) for the browser test" >&2; exit 1; }
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
-  echo "installing playwright-core for the browser test ..."
-  npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
-fi
+python3 -c 'import selenium' 2>/dev/null || pip install -q 'selenium>=4.20,<5' \
+  || { echo "missing: python3 selenium (pip install selenium) for the browser test" >&2; exit 1; }

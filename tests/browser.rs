@@ -1,5 +1,6 @@
-//! The web page in a real headless Chromium (Debian's `chromium`, driven by playwright-core).
-//! Missing prerequisites fail the test with what to install; nothing is skipped.
+//! The web page in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven
+//! by Selenium's WebDriver client from PyPI). Missing prerequisites fail the test with what to
+//! install; nothing is skipped.
 
 mod common;
 
@@ -14,29 +15,37 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_in_headless_chromium_and_survive_a_kill_9() -> Result<()> {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    ensure!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run `npm ci --prefix tests/browser` (scripts/test does)"
-    );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let driver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    for (path, package) in [(&chromium, "chromium"), (&driver, "chromium-driver")] {
+        ensure!(
+            Path::new(path).exists(),
+            "{path} is missing: `apt-get install {package}` (scripts/prereqs.sh does)"
+        );
+    }
+    let selenium = std::process::Command::new("python3")
+        .args(["-c", "import selenium"])
+        .status()
+        .context("running python3")?;
     ensure!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: `apt-get install chromium` (scripts/test does)"
+        selenium.success(),
+        "python3 cannot import selenium: `pip install selenium` (scripts/prereqs.sh does)"
     );
     let dir = tempfile::tempdir()?;
     let mut p = NebulaProcess::start(dir.path(), &[])?;
     let addr = p.addr;
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(browser_dir.join("chat.mjs"))
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(browser_dir.join("chat.py"))
         .env("BASE_URL", format!("http://{addr}"))
         .env("CHROMIUM", &chromium)
+        .env("CHROMEDRIVER", &driver)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Ok(shot) = std::env::var("NEBULA_SCREENSHOT") {
         cmd.env("SCREENSHOT", shot);
     }
-    let mut node = cmd.spawn().context("running node")?;
+    let mut node = cmd.spawn().context("running python3")?;
     let mut stdin = node.stdin.take().context("stdin")?;
     let stdout = BufReader::new(node.stdout.take().context("stdout")?);
     let mut output = String::new();
