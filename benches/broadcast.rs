@@ -1,4 +1,4 @@
-//! The broadcast path (`Room::deliver`): encode once, clone into every member's outbox.
+//! The broadcast path (`Room::deliver`): encode once per codec, clone into every member's outbox.
 //! `cargo bench --bench broadcast`
 
 mod support;
@@ -10,13 +10,13 @@ fn broadcast(c: &mut Criterion) {
     let mut group = c.benchmark_group("broadcast");
     let metrics = Metrics::new();
     for members in [10usize, 100, 1000] {
-        let (mut room, mut receivers, _shutdown) = support::room_of(members);
+        let (mut room, mut receivers, _shutdown) = support::room_of(members, 0);
         let mut offset = 0;
         group.throughput(Throughput::Elements(members as u64));
         group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
             b.iter(|| {
                 offset += 1;
-                room.deliver(&support::message(offset), &metrics);
+                room.deliver(support::message(offset), &metrics);
                 support::drain(&mut receivers);
             })
         });

@@ -1,9 +1,17 @@
 //! The session cookie: an HMAC-SHA256 signature over the user id, the name and the issue time.
 //!
 //! Cookie value: `v1.<kid>.<payload>.<mac>` where `payload` is base64url of
-//! `{"uid":..,"name":..,"iat":..}`, `kid` names the key (the first 8 hex digits of SHA-256 of
+//! `{"uid":..,"name":..,"iat":..,"gen":..}`, `kid` names the key (the first 8 hex digits of SHA-256 of
 //! the key, so a rotated key is recognised as "another key", not as a forgery), and `mac` is
 //! base64url of HMAC-SHA256 over `v1.<kid>.<payload>`.
+//!
+//! Logout revokes: `gen` is the user's session generation when the cookie was issued, and a
+//! logout raises the user's generation ([`Revocations`]), so every older cookie of that user is
+//! refused afterwards. Verification stays stateless but for one lookup in a small map (users who
+//! ever logged out).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +40,8 @@ pub struct Session {
     pub user: User,
     /// Seconds since the epoch when the session stops being valid.
     pub expires_at: u64,
+    /// The user's session generation when it was issued.
+    pub generation: u64,
 }
 
 /// Why a cookie or a name was refused.
@@ -45,6 +55,8 @@ pub enum AuthError {
     BadSignature,
     #[error("session expired")]
     Expired,
+    #[error("session logged out")]
+    Revoked,
     #[error("name must be 1 to 32 characters without control characters")]
     InvalidName,
 }
@@ -54,6 +66,8 @@ struct Payload {
     uid: String,
     name: String,
     iat: u64,
+    #[serde(default, rename = "gen")]
+    generation: u64,
 }
 
 /// Signs and verifies session cookies.
@@ -118,12 +132,14 @@ impl Keys {
         mac
     }
 
-    /// Signs a session for `user`, issued at `iat` (seconds since the epoch).
-    pub fn sign(&self, user: &User, iat: u64) -> String {
+    /// Signs a session for `user` of generation `generation`, issued at `iat` (seconds since the
+    /// epoch).
+    pub fn sign(&self, user: &User, iat: u64, generation: u64) -> String {
         let payload = Payload {
             uid: user.id.to_string(),
             name: user.name.to_string(),
             iat,
+            generation,
         };
         let payload = B64.encode(serde_json::to_vec(&payload).expect("payload serializes"));
         let signed = format!("v1.{}.{payload}", self.kid);
@@ -169,6 +185,7 @@ impl Keys {
                 name: name.into(),
             },
             expires_at: payload.iat.saturating_add(self.ttl.as_secs()),
+            generation: payload.generation,
         })
     }
 
@@ -184,10 +201,10 @@ impl Keys {
     }
 
     /// The `Set-Cookie` header value for a session.
-    pub fn set_cookie(&self, user: &User, now: u64) -> String {
+    pub fn set_cookie(&self, user: &User, now: u64, generation: u64) -> String {
         format!(
             "{COOKIE_NAME}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}",
-            self.sign(user, now),
+            self.sign(user, now, generation),
             self.ttl.as_secs()
         )
     }
@@ -201,6 +218,55 @@ fn tag_len(value: &str) -> usize {
 /// The `Set-Cookie` header value that clears the session.
 pub fn clear_cookie() -> String {
     format!("{COOKIE_NAME}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0")
+}
+
+/// Users who logged out, with their current session generation: a session of an older
+/// generation is refused. Shared by every request handler and (cluster) the broker, which
+/// applies other nodes' logouts; a std lock, held only for a map lookup or insert, never across
+/// an await.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    generations: RwLock<HashMap<Arc<str>, u64>>,
+}
+
+impl Revocations {
+    /// The generation a new session of `user` gets.
+    pub fn current(&self, user: &str) -> u64 {
+        self.generations
+            .read()
+            .expect("revocations lock")
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Refuses a session whose generation was revoked.
+    pub fn check(&self, session: Session) -> Result<Session, AuthError> {
+        if session.generation < self.current(&session.user.id) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(session)
+    }
+
+    /// Logs out every current session of `user`; returns the new generation.
+    pub fn revoke(&self, user: &Arc<str>) -> u64 {
+        let mut map = self.generations.write().expect("revocations lock");
+        let generation = map.entry(user.clone()).or_insert(0);
+        *generation += 1;
+        *generation
+    }
+
+    /// Applies a revocation learned elsewhere (the store at start, another node); true when
+    /// it changed anything.
+    pub fn apply(&self, user: Arc<str>, generation: u64) -> bool {
+        let mut map = self.generations.write().expect("revocations lock");
+        let current = map.entry(user).or_insert(0);
+        if generation > *current {
+            *current = generation;
+            return true;
+        }
+        false
+    }
 }
 
 /// Trims a user name and checks it: 1 to 32 characters, no control characters.
@@ -240,19 +306,19 @@ mod tests {
     #[test]
     fn signed_cookie_round_trips() {
         let keys = Keys::new(b"secret", Duration::from_secs(60));
-        let v = keys.sign(&alice(), 1000);
+        let v = keys.sign(&alice(), 1000, 0);
         assert_eq!(keys.verify(&v, 1010), Ok(alice()));
     }
 
     #[test]
     fn tampered_expired_and_foreign_cookies_are_refused() {
         let keys = Keys::new(b"secret", Duration::from_secs(60));
-        let v = keys.sign(&alice(), 1000);
+        let v = keys.sign(&alice(), 1000, 0);
         let other = User {
             id: "u2".into(),
             name: "mallory".into(),
         };
-        let forged_payload = keys.sign(&other, 1000);
+        let forged_payload = keys.sign(&other, 1000, 0);
         let (head, _) = forged_payload.rsplit_once('.').unwrap();
         let (_, tag) = v.rsplit_once('.').unwrap();
         assert_eq!(
@@ -268,16 +334,35 @@ mod tests {
     #[test]
     fn cookie_header_is_parsed() {
         let keys = Keys::new(b"secret", Duration::from_secs(60));
-        let header = format!("a=b; {COOKIE_NAME}={}; c=d", keys.sign(&alice(), 1000));
+        let header = format!("a=b; {COOKIE_NAME}={}; c=d", keys.sign(&alice(), 1000, 0));
         let session = keys.verify_cookie_header(&header, 1001).unwrap();
         assert_eq!(
             session,
             Session {
                 user: alice(),
-                expires_at: 1060
+                expires_at: 1060,
+                generation: 0
             }
         );
         assert!(keys.verify_cookie_header("a=b", 1001).is_err());
+    }
+
+    #[test]
+    fn a_logout_revokes_older_sessions_only() {
+        let keys = Keys::new(b"secret", Duration::from_secs(60));
+        let revocations = Revocations::default();
+        let old = keys
+            .verify_session(&keys.sign(&alice(), 1000, 0), 1001)
+            .unwrap();
+        assert!(revocations.check(old.clone()).is_ok());
+        assert_eq!(revocations.revoke(&alice().id), 1);
+        assert_eq!(revocations.check(old), Err(AuthError::Revoked));
+        let new = keys
+            .verify_session(&keys.sign(&alice(), 1000, 1), 1001)
+            .unwrap();
+        assert!(revocations.check(new).is_ok());
+        assert!(!revocations.apply(alice().id, 1));
+        assert!(revocations.apply(alice().id, 2));
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub enum Fsync {
     Always,
 }
 
-/// Nebula's configuration.
-#[derive(Debug, Clone, Parser)]
+/// Nebula's configuration. Its `Debug` form hides the cookie key and a Redis password.
+#[derive(Clone, Parser)]
 #[command(
     name = "nebula",
     version,
@@ -68,9 +68,10 @@ pub struct Config {
     /// How many missed messages a `join` with `since` may return before `recovered: false`.
     #[arg(long, env = "NEBULA_RECOVERY_WINDOW", default_value_t = 10_000)]
     pub recovery_window: u64,
-    /// Frames a connection may have queued before it is closed with 4008 (slow consumer).
-    #[arg(long, env = "NEBULA_OUTBOX_CAPACITY", default_value_t = 1024)]
-    pub outbox_capacity: usize,
+    /// Bytes a connection may have queued and not yet written (its outbound budget) before it
+    /// is closed with 4008 (slow consumer).
+    #[arg(long, env = "NEBULA_OUTBOX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outbox_bytes: usize,
     /// Publishes the store writer may hold before new ones get `unavailable`.
     #[arg(long, env = "NEBULA_WRITER_QUEUE", default_value_t = 10_000)]
     pub writer_queue: usize,
@@ -109,10 +110,11 @@ impl Config {
                 "--shards must be between 1 and 1024".into(),
             ));
         }
-        if self.outbox_capacity < 16 {
-            return Err(crate::Error::Config(
-                "--outbox-capacity must be at least 16".into(),
-            ));
+        if self.outbox_bytes < 2 * crate::protocol::MAX_REPLY_BYTES {
+            return Err(crate::Error::Config(format!(
+                "--outbox-bytes must be at least {} (two of the largest replies)",
+                2 * crate::protocol::MAX_REPLY_BYTES
+            )));
         }
         Ok(())
     }
@@ -138,6 +140,42 @@ impl Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("node_id", &self.node_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .field("secret_file", &self.secret_file)
+            .field("allowed_origin", &self.allowed_origin)
+            .field("session_ttl", &self.session_ttl)
+            .field("publish_rate", &self.publish_rate)
+            .field("connect_rate", &self.connect_rate)
+            .field("shards", &self.shards)
+            .field("fsync", &self.fsync)
+            .field("recovery_window", &self.recovery_window)
+            .field("outbox_bytes", &self.outbox_bytes)
+            .field("writer_queue", &self.writer_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 /// A cookie key shorter than this is refused at start: it could be guessed.
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -150,4 +188,33 @@ fn check_secret(secret: &[u8], from: &str) -> Result<(), crate::Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@redis:6379/0"),
+            "redis://app:***@redis:6379/0"
+        );
+        assert_eq!(redact_url("redis://redis:6379/"), "redis://redis:6379/");
+        let mut c = Config::for_data_dir("/tmp/x");
+        c.secret = Some("k".repeat(40));
+        c.redis_url = Some("redis://:pw@h:1/".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("kkkk") && !shown.contains("pw@"), "{shown}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let mut c = Config::for_data_dir("/tmp/x");
+        c.secret = Some("short".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 32 bytes"), "{e}");
+        c.secret = Some("x".repeat(32));
+        assert!(c.validate().is_ok());
+    }
 }

@@ -11,6 +11,10 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error("broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("could not catch up with the cluster through redis: {0}")]
+    CatchUp(#[source] crate::broker::BrokerError),
+    #[error("could not catch up with the cluster through redis within {0} s")]
+    CatchUpTimeout(u64),
     #[error("shutdown missed its deadline: {sessions} sessions and {tasks} tasks still running")]
     ShutdownTimeout { sessions: usize, tasks: usize },
     #[error("io: {0}")]

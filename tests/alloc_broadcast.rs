@@ -1,16 +1,17 @@
-//! The allocation budget of one broadcast: constant in the room's size, at most 8.
+//! The allocation budget of one broadcast: constant in the room's size, at most 8, in a JSON
+//! room and in a mixed room (JSON and Protobuf members: at most one encoding per codec).
 //!
 //! A counting global allocator wraps the system allocator for this test binary only. The
-//! broadcast path is `Room::deliver`: encode the push once, keep it in the ring, queue the same
-//! bytes to every member's outbox.
+//! broadcast path is `Room::deliver`: encode the push once per codec, keep it in the ring,
+//! queue the same bytes to every member's outbox.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nebula::hub::Delivered;
 use nebula::metrics::Metrics;
 
 #[path = "../benches/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 struct Counting;
@@ -38,35 +39,49 @@ static GLOBAL: Counting = Counting;
 
 /// Average allocations per broadcast in a room of `members`, over `rounds` broadcasts (after a
 /// warm-up that fills the ring and the queues' blocks).
-fn allocations_per_broadcast(members: usize, rounds: u64) -> f64 {
+fn allocations_per_broadcast(members: usize, proto_every: usize, rounds: u64) -> f64 {
     let metrics = Metrics::new();
-    let (mut room, mut receivers, _shutdown) = support::room_of(members);
+    let (mut room, mut receivers, _shutdown) = support::room_of(members, proto_every);
     let mut total = 0;
     for round in 0..(200 + rounds) {
         let m = support::message(round + 1);
         let before = ALLOCATIONS.load(Ordering::Relaxed);
-        let delivered = room.deliver(&m, &metrics);
+        room.deliver(m, &metrics);
         let after = ALLOCATIONS.load(Ordering::Relaxed);
-        assert_eq!(delivered, Delivered::To(members as u64));
         if round >= 200 {
             total += after - before;
         }
-        drop(m);
-        support::drain(&mut receivers);
+        assert_eq!(
+            receivers
+                .iter_mut()
+                .map(|r| r.drain_queued())
+                .sum::<usize>(),
+            members,
+            "every member got the message"
+        );
     }
     total as f64 / rounds as f64
 }
 
 #[test]
 fn alloc_per_broadcast_is_constant_in_room_size_and_at_most_8() {
+    check(0, "JSON");
+}
+
+#[test]
+fn alloc_per_broadcast_in_a_mixed_json_and_protobuf_room_is_constant_too() {
+    check(3, "mixed");
+}
+
+fn check(proto_every: usize, kind: &str) {
     let rounds = 1000;
     let sizes = [10, 100, 1000];
     let per: Vec<f64> = sizes
         .iter()
-        .map(|&n| allocations_per_broadcast(n, rounds))
+        .map(|&n| allocations_per_broadcast(n, proto_every, rounds))
         .collect();
     for (n, a) in sizes.iter().zip(&per) {
-        println!("room of {n:>4}: {a:.2} allocations per broadcast");
+        println!("{kind} room of {n:>4}: {a:.2} allocations per broadcast");
     }
     for a in &per {
         assert!(*a <= 8.0, "allocations per broadcast {per:?} exceed 8");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_gets_4008_and_slows_nobody() -> Result<()> {
-    let mut s = TestServer::start(|c| c.outbox_capacity = 256).await;
+    let mut s = TestServer::start(|c| c.outbox_bytes = 2 << 20).await;
     let mut slow = Client::login(s.addr, "slow").await?;
     let mut fast = Client::login(s.addr, "fast").await?;
     let mut sender = Client::login(s.addr, "sender").await?;

@@ -171,14 +171,30 @@ async fn health_ready_metrics_and_page() -> Result<()> {
     assert_eq!(http(s.addr, "GET", "/readyz", &[], "").await?.status, 200);
     let m = http(s.addr, "GET", "/metrics", &[], "").await?;
     assert_eq!(m.status, 200);
+    // OpenMetrics text, said so in its content type.
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{:?}",
+        m.header("content-type")
+    );
+    assert!(m.body.ends_with("# EOF\n"));
     for line in m
         .body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
-        assert!(line.starts_with("nebula_"), "{line}");
+        assert!(
+            line.starts_with("nebula_") || line.starts_with("process_"),
+            "{line}"
+        );
     }
     assert!(m.body.contains("nebula_connections "));
+    assert!(m.body.contains("nebula_delivery_latency_seconds_bucket"));
+    assert!(m.body.contains("nebula_ack_latency_seconds_bucket"));
+    assert!(m.body.contains("process_resident_memory_bytes "));
+    assert!(m.body.contains("process_open_fds "));
     let page = http(s.addr, "GET", "/", &[], "").await?;
     assert_eq!(page.status, 200);
     assert!(

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use nebula::auth::User;
 use nebula::config::Fsync;
-use nebula::protocol::Message;
-use nebula::store::{Append, AppendOutcome, Store, StoreOptions, WriteOp};
+use nebula::metrics::Metrics;
+use nebula::protocol::{Message, Page};
+use nebula::store::{
+    Append, AppendOutcome, Insert, Replicated, Store, StoreOptions, WriteFailure, WriteOp,
+};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -21,16 +24,10 @@ fn open_sqlite(dir: &Path, tracker: &TaskTracker) -> Store {
             fsync: Fsync::Normal,
             queue: 1000,
         },
+        Arc::new(Metrics::new()),
         tracker,
     )
     .expect("opens")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn user(id: &str) -> User {
@@ -47,8 +44,8 @@ async fn append(
     who: &str,
     body: &str,
     key: Option<&str>,
-) -> Result<AppendOutcome, ()> {
-    append_at(store, room, who, body, key, now_ms()).await
+) -> Result<AppendOutcome, WriteFailure> {
+    append_at(store, room, who, body, key, nebula::now_ms()).await
 }
 
 async fn append_at(
@@ -58,7 +55,7 @@ async fn append_at(
     body: &str,
     key: Option<&str>,
     ts: u64,
-) -> Result<AppendOutcome, ()> {
+) -> Result<AppendOutcome, WriteFailure> {
     let (tx, rx) = oneshot::channel();
     let op = WriteOp::Append(Append {
         room: room.into(),
@@ -74,11 +71,41 @@ async fn append_at(
     rx.await.expect("completed")
 }
 
-fn stored_offset(o: Result<AppendOutcome, ()>) -> u64 {
+/// Inserts replicated messages and waits for their commit.
+async fn insert(store: &Store, messages: Vec<Message>) {
+    let (tx, rx) = oneshot::channel();
+    let op = WriteOp::Insert(Insert {
+        messages: messages
+            .into_iter()
+            .map(|message| Replicated { message, key: None })
+            .collect(),
+        done: Some(Box::new(move |r| {
+            let _ = tx.send(r);
+        })),
+    });
+    assert!(store.write(op).await.is_ok());
+    rx.await.expect("completed").expect("committed");
+}
+
+fn stored_offset(o: Result<AppendOutcome, WriteFailure>) -> u64 {
     match o {
         Ok(AppendOutcome::Stored(m)) => m.offset,
         other => panic!("expected a stored message, got {other:?}"),
     }
+}
+
+fn msg(room: &str, offset: u64) -> Message {
+    Message {
+        room: room.into(),
+        offset,
+        user: user("u3"),
+        body: format!("{room}{offset}").into(),
+        ts: 5,
+    }
+}
+
+fn offsets(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.offset).collect()
 }
 
 async fn contract(open: Open) -> Result<()> {
@@ -116,7 +143,7 @@ async fn contract(open: Open) -> Result<()> {
     );
 
     // A key is remembered for 10 minutes: one stored 11 minutes ago no longer counts.
-    let old = now_ms() - 11 * 60 * 1000;
+    let old = nebula::now_ms() - 11 * 60 * 1000;
     assert_eq!(
         stored_offset(append_at(&store, "b", "u9", "old", Some("old-key"), old).await),
         3
@@ -126,49 +153,99 @@ async fn contract(open: Open) -> Result<()> {
         4
     );
 
-    // Replicated inserts keep their offsets and ignore repeats.
-    let m = Message {
-        room: "c".into(),
-        offset: 1,
-        user: user("u3"),
-        body: "c1".into(),
-        ts: 5,
-    };
-    assert!(store.try_write(WriteOp::Insert(m.clone())).is_ok());
+    // Replicated inserts keep their offsets and ignore repeats; reads stop at the contiguous
+    // prefix: offset 3 arriving before 2 is stored but not read until 2 is there.
+    insert(&store, vec![msg("c", 1)]).await;
+    insert(
+        &store,
+        vec![Message {
+            body: "dup".into(),
+            ..msg("c", 1)
+        }],
+    )
+    .await;
+    insert(&store, vec![msg("c", 3)]).await;
+    let c = store.read_page("c".into(), Page::After(0), 10).await?;
+    assert_eq!(
+        c.messages,
+        vec![msg("c", 1)],
+        "a repeat changes nothing; 3 waits for 2"
+    );
+    let joined = store.read_join("c".into(), Some(0), 100, None).await?;
+    assert_eq!((joined.last, joined.recovered), (1, true));
+    assert!(store.rooms_contiguous().await?.contains(&("c".into(), 1)));
+    assert!(store.room_maxima().await?.contains(&("c".into(), 3)));
+    insert(&store, vec![msg("c", 2)]).await;
+    let c = store.read_page("c".into(), Page::After(0), 10).await?;
+    assert_eq!(offsets(&c.messages), vec![1, 2, 3]);
+    assert_eq!(store.read_stored("c".into(), 0, 3, 10).await?.len(), 3);
+
+    // Pages: after (oldest first, with `more`), before (the newest below an offset).
+    let after = store.read_page("a".into(), Page::After(2), 3).await?;
+    assert_eq!(
+        (offsets(&after.messages), after.more),
+        (vec![3, 4, 5], true)
+    );
+    assert_eq!(after.messages[0].body.as_ref(), "a3");
+    assert_eq!(after.messages[0].user, user("u1"));
+    let tail = store.read_page("a".into(), Page::After(5), 3).await?;
+    assert_eq!((offsets(&tail.messages), tail.more), (vec![6, 7], false));
+    let before = store
+        .read_page("a".into(), Page::Before(Some(5)), 2)
+        .await?;
+    assert_eq!(offsets(&before.messages), vec![3, 4]);
+    let latest = store.read_page("a".into(), Page::Before(None), 3).await?;
+    assert_eq!(offsets(&latest.messages), vec![5, 6, 7]);
     assert!(
         store
-            .try_write(WriteOp::Insert(Message {
-                body: "dup".into(),
-                ..m.clone()
-            }))
-            .is_ok()
+            .read_page("none".into(), Page::After(0), 10)
+            .await?
+            .messages
+            .is_empty()
     );
-    // A barrier: an append after them completes after their commit.
-    append(&store, "z", "u1", "barrier", None).await.unwrap();
-    let c = store.read_after("c".into(), 0, 10).await?;
-    assert_eq!(c, vec![m]);
 
-    // Reads.
-    let after = store.read_after("a".into(), 2, 3).await?;
+    // Joins: the last 50, or everything after `since` with `recovered`.
+    let plain = store.read_join("a".into(), None, 100, None).await?;
     assert_eq!(
-        after.iter().map(|m| m.offset).collect::<Vec<_>>(),
-        vec![3, 4, 5]
+        (plain.last, offsets(&plain.messages)),
+        (7, (1..=7).collect())
     );
-    assert_eq!(after[0].body.as_ref(), "a3");
-    assert_eq!(after[0].user, user("u1"));
-    let before = store.read_before("a".into(), Some(5), 2).await?;
+    let since = store.read_join("a".into(), Some(4), 100, None).await?;
     assert_eq!(
-        before.iter().map(|m| m.offset).collect::<Vec<_>>(),
-        vec![3, 4]
+        (offsets(&since.messages), since.recovered),
+        (vec![5, 6, 7], true)
     );
-    let latest = store.read_before("a".into(), None, 3).await?;
+    let upto = store.read_join("a".into(), Some(4), 100, Some(6)).await?;
+    assert_eq!((upto.last, offsets(&upto.messages)), (6, vec![5, 6]));
+    let window = store.read_join("a".into(), Some(1), 2, None).await?;
     assert_eq!(
-        latest.iter().map(|m| m.offset).collect::<Vec<_>>(),
-        vec![5, 6, 7]
+        (offsets(&window.messages), window.recovered),
+        (vec![6, 7], false)
     );
-    assert!(store.read_after("none".into(), 0, 10).await?.is_empty());
-    assert_eq!(store.latest_offset("a".into()).await?, 7);
-    assert_eq!(store.latest_offset("none".into()).await?, 0);
+    let ahead = store.read_join("a".into(), Some(9), 100, None).await?;
+    assert_eq!((ahead.messages.len(), ahead.recovered), (0, false));
+    let empty = store.read_join("none".into(), None, 100, None).await?;
+    assert_eq!((empty.last, empty.messages.len()), (0, 0));
+
+    // Meta values and logouts are kept.
+    store
+        .write(WriteOp::Meta {
+            key: "epoch",
+            value: "e1".into(),
+        })
+        .await
+        .ok();
+    store
+        .write(WriteOp::Revoke {
+            user: "u1".into(),
+            generation: 2,
+            at: 1,
+        })
+        .await
+        .ok();
+    append(&store, "z", "u1", "barrier", None).await.unwrap();
+    assert_eq!(store.meta("epoch").await?.as_deref(), Some("e1"));
+    assert_eq!(store.revocations().await?.get("u1").copied(), Some(2));
 
     // Close commits and stops the writer; a reopened store continues where it was.
     store.close().await;
@@ -176,8 +253,7 @@ async fn contract(open: Open) -> Result<()> {
     tracker.wait().await;
     let tracker = TaskTracker::new();
     let store = open(dir.path(), &tracker);
-    assert_eq!(store.initial_offsets().get("a").copied(), Some(7));
-    assert_eq!(store.initial_offsets().get("c").copied(), Some(1));
+    assert!(store.rooms_contiguous().await?.contains(&("a".into(), 7)));
     assert_eq!(
         stored_offset(append(&store, "a", "u1", "a8", None).await),
         8

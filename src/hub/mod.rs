@@ -1,27 +1,30 @@
 //! The hub: rooms sharded over N shard tasks by a stable hash of the room name.
 //!
 //! A shard alone owns its rooms (members, presence, latest offset, ring of recent messages);
-//! requests reach it over a bounded channel and it answers straight into the sessions' outboxes,
-//! so no lock guards room state and a shard never waits on a session.
+//! requests reach it over a bounded channel and it answers straight into the sessions' outboxes
+//! (a join's outcome also comes back on a oneshot, so the session learns it), so no lock guards
+//! room state and a shard never waits on a session. A room lives in memory only while it has
+//! members or joins in flight; the store keeps its log.
 
+mod join;
 mod presence;
 mod room;
 mod shard;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::User;
-use crate::broker::{Delivery, Publish, SharedBroker};
+use crate::broker::{BrokerEvents, PresenceEvent, SharedBroker};
+use crate::conn::{ConnId, Outbox, Reservation};
 use crate::metrics::Metrics;
 use crate::protocol::Message;
-use crate::session::{ConnId, Outbox};
-use crate::store::Store;
+use crate::store::{JoinRead, Store, StoreError};
 
-pub use room::{Delivered, JoinPlan, Member, PendingJoin, Room};
+pub use room::{Member, Room};
 use shard::Shard;
 
 /// Messages a shard's inbox can hold before senders wait.
@@ -29,58 +32,63 @@ const SHARD_QUEUE: usize = 8192;
 /// Recent messages each room keeps in memory for joins and short reconnects.
 pub const RING_CAPACITY: usize = 64;
 
+/// A join of one connection, with what its reply needs.
+pub struct JoinRequest {
+    pub member: Member,
+    pub room: Arc<str>,
+    pub since: Option<u64>,
+    pub id: u64,
+    /// Budget held for the reply until it is queued.
+    pub reservation: Reservation,
+}
+
+/// What became of a join: the shard queued the `joined` reply (and the connection is a member)
+/// or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    Refused,
+}
+
 /// A request for a shard.
-pub enum ShardMsg {
+pub(crate) enum ShardMsg {
     Join {
-        member: Member,
-        room: Arc<str>,
-        since: Option<u64>,
-        id: u64,
+        request: JoinRequest,
+        outcome: oneshot::Sender<JoinOutcome>,
     },
     Leave {
         conn: ConnId,
         room: Arc<str>,
+        /// The `leave` request's id; `None` when the connection closed.
         id: Option<u64>,
-        reply: Outbox,
-    },
-    Publish {
-        conn: ConnId,
-        publish: Publish,
+        outbox: Outbox,
     },
     Presence {
         conn: ConnId,
         room: Arc<str>,
         id: u64,
-        reply: Outbox,
+        outbox: Outbox,
     },
     Deliver(Message),
-    /// A user's presence in a room through another node changed.
-    RemotePresence {
-        room: Arc<str>,
-        node: Arc<str>,
-        user: User,
-        present: bool,
-    },
-    /// A node is gone: its users leave every room.
-    NodeGone {
-        node: Arc<str>,
-    },
-    /// The whole remote presence of this shard's rooms, after (re)connecting to Redis.
-    RemoteReset {
-        entries: Vec<(Arc<str>, Arc<str>, User)>,
-    },
+    Remote(PresenceEvent),
+    /// A store read for a join came back.
     Loaded {
         room: Arc<str>,
-        conn: ConnId,
-        id: u64,
-        result: Result<Vec<Message>, ()>,
+        load: u64,
+        result: Result<JoinRead, StoreError>,
     },
     Stop,
 }
 
-/// Settings the shards share.
-#[derive(Debug, Clone)]
-pub struct HubOptions {
+/// What every shard shares.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub store: Store,
+    pub broker: SharedBroker,
+    pub metrics: Arc<Metrics>,
+    /// Tracks the shards and their store reads.
+    pub tracker: TaskTracker,
+    /// How many missed messages a `since` join may bring before `recovered: false`.
     pub recovery_window: u64,
     pub ring_capacity: usize,
 }
@@ -102,8 +110,8 @@ fn stable_hash(s: &str) -> u64 {
 }
 
 impl Hub {
-    /// The channels of `n` shards. Brokers need the hub (for delivery) before shards need the
-    /// broker (for publishes), so the two steps are apart.
+    /// The channels of `n` shards. Brokers need the hub (for their events) before shards need
+    /// the broker (for presence), so the two steps are apart.
     pub fn channels(n: usize) -> (Hub, ShardInboxes) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..n).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
@@ -115,34 +123,11 @@ impl Hub {
         )
     }
 
-    /// Spawns the shards on `tracker`.
-    pub fn spawn_shards(
-        &self,
-        inboxes: ShardInboxes,
-        options: HubOptions,
-        broker: SharedBroker,
-        store: Store,
-        metrics: Arc<Metrics>,
-        tracker: &TaskTracker,
-    ) {
-        let n = self.shards.len();
-        let mut known: Vec<HashMap<Arc<str>, u64>> = vec![HashMap::new(); n];
-        for (room, last) in store.initial_offsets() {
-            known[(stable_hash(room) % n as u64) as usize].insert(room.clone(), *last);
-        }
-        for (index, (rx, known)) in inboxes.0.into_iter().zip(known).enumerate() {
-            let shard = Shard::new(
-                index,
-                rx,
-                self.shards[index].clone(),
-                known,
-                options.clone(),
-                broker.clone(),
-                store.clone(),
-                metrics.clone(),
-                tracker.clone(),
-            );
-            tracker.spawn(shard.run());
+    /// Spawns the shards on `ctx.tracker`.
+    pub fn spawn_shards(&self, inboxes: ShardInboxes, ctx: ShardContext) {
+        for (index, rx) in inboxes.0.into_iter().enumerate() {
+            let shard = Shard::new(index, rx, self.shards[index].clone(), ctx.clone());
+            ctx.tracker.spawn(shard.run());
         }
     }
 
@@ -150,47 +135,56 @@ impl Hub {
         &self.shards[(stable_hash(room) % self.shards.len() as u64) as usize]
     }
 
-    /// Sends a request to the shard that owns `room`; waits while that shard is busy.
-    pub async fn send(&self, room: &str, msg: ShardMsg) {
+    async fn send(&self, room: &str, msg: ShardMsg) {
         if self.shard(room).send(msg).await.is_err() {
             tracing::debug!(room, "shard stopped; request dropped during shutdown");
         }
     }
 
-    /// Joins `member` to `room`; the `joined` reply goes to its outbox.
-    pub async fn join(&self, member: Member, room: Arc<str>, since: Option<u64>, id: u64) {
-        let shard = self.shard(&room).clone();
-        if shard
-            .send(ShardMsg::Join {
-                member,
+    /// Joins a connection to a room; resolves once its reply (`joined` or an error) is queued.
+    /// `Refused` too when the hub is stopping.
+    pub async fn join(&self, request: JoinRequest) -> JoinOutcome {
+        let (tx, rx) = oneshot::channel();
+        let room = request.room.clone();
+        self.send(
+            &room,
+            ShardMsg::Join {
+                request,
+                outcome: tx,
+            },
+        )
+        .await;
+        rx.await.unwrap_or(JoinOutcome::Refused)
+    }
+
+    /// Removes a connection from a room; with an `id`, the `left` reply goes to `outbox`.
+    pub async fn leave(&self, conn: ConnId, room: Arc<str>, id: Option<u64>, outbox: Outbox) {
+        let key = room.clone();
+        self.send(
+            &key,
+            ShardMsg::Leave {
+                conn,
                 room,
-                since,
                 id,
-            })
-            .await
-            .is_err()
-        {
-            tracing::debug!("shard stopped; join dropped during shutdown");
-        }
+                outbox,
+            },
+        )
+        .await;
     }
 
-    /// Sends `msg` to every shard (made once per shard by `make`).
-    pub async fn to_all(&self, make: impl Fn() -> ShardMsg) {
-        for shard in self.shards.iter() {
-            let _stopped = shard.send(make()).await;
-        }
-    }
-
-    /// Sends remote-presence entries to the shards that own their rooms.
-    pub async fn reset_remote(&self, entries: Vec<(Arc<str>, Arc<str>, User)>) {
-        let n = self.shards.len();
-        let mut parts: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
-        for e in entries {
-            parts[(stable_hash(&e.0) % n as u64) as usize].push(e);
-        }
-        for (shard, entries) in self.shards.iter().zip(parts) {
-            let _stopped = shard.send(ShardMsg::RemoteReset { entries }).await;
-        }
+    /// Asks for a room's members; the `presence` reply goes to `outbox`.
+    pub async fn presence(&self, conn: ConnId, room: Arc<str>, id: u64, outbox: Outbox) {
+        let key = room.clone();
+        self.send(
+            &key,
+            ShardMsg::Presence {
+                conn,
+                room,
+                id,
+                outbox,
+            },
+        )
+        .await;
     }
 
     /// Stops every shard after it has handled what is queued.
@@ -201,13 +195,33 @@ impl Hub {
     }
 }
 
-impl Delivery for Hub {
-    fn deliver_blocking(&self, message: Message) {
-        let shard = self.shard(&message.room).clone();
-        if shard.blocking_send(ShardMsg::Deliver(message)).is_err() {
-            tracing::debug!("shard stopped; delivery dropped during shutdown");
-        }
+impl BrokerEvents for Hub {
+    fn message(&self, message: Message) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let room = message.room.clone();
+            self.send(&room, ShardMsg::Deliver(message)).await;
+        })
     }
+
+    fn presence(&self, event: PresenceEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let room = event.room().clone();
+            self.send(&room, ShardMsg::Remote(event)).await;
+        })
+    }
+}
+
+/// The members of a room as clients see them: local users, then users present only through
+/// other nodes; each once.
+pub(crate) fn listed_members<'a>(
+    room: &'a Room,
+    remote: Option<&'a presence::RemoteUsers>,
+) -> impl Iterator<Item = &'a User> {
+    let remote = remote
+        .into_iter()
+        .flat_map(presence::RemoteUsers::users)
+        .filter(|u| !room.users.contains_key(&u.id));
+    room.users.values().map(|(u, _)| u).chain(remote)
 }
 
 #[cfg(test)]

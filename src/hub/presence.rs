@@ -48,29 +48,6 @@ impl RemoteUsers {
         }
         false
     }
-
-    /// Removes every user of `node`; returns the users no longer present through any node.
-    pub fn remove_node(&mut self, node: &str) -> Vec<User> {
-        let mut gone = Vec::new();
-        self.users.retain(|_, (user, nodes)| {
-            nodes.remove(node);
-            if nodes.is_empty() {
-                gone.push(user.clone());
-                false
-            } else {
-                true
-            }
-        });
-        gone
-    }
-
-    /// Every (node, user id) pair.
-    pub fn pairs(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        self.users
-            .iter()
-            .flat_map(|(id, (_, nodes))| nodes.iter().map(move |n| (n.clone(), id.clone())))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -89,7 +66,7 @@ mod tests {
         assert!(!r.add(&b, &u));
         assert!(!r.remove("a", "u"));
         assert!(r.contains("u"));
-        assert_eq!(r.remove_node("b"), vec![u.clone()]);
+        assert!(r.remove("b", "u"));
         assert!(r.is_empty());
     }
 }

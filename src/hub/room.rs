@@ -1,36 +1,19 @@
 //! One room's state, owned by its shard: members, presence per user, latest offset and a ring
-//! of the most recent messages (encoded pushes).
+//! of the most recent messages (each encoded at most once per codec).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::User;
+use crate::conn::{ConnId, Outbox, Sent};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Frame, Message};
-use crate::session::{ConnId, Outbox, Sent};
+use crate::protocol::{Codec, Encoded, Frame, Message};
 
 /// A connection that joined the room.
 pub struct Member {
     pub user: User,
     pub outbox: Outbox,
-}
-
-/// A join whose reply waits for a store read.
-pub struct PendingJoin {
-    pub member: Member,
-    pub id: u64,
-    pub since: Option<u64>,
-    /// Store reads done so far (a read is repeated when it did not meet the ring).
-    pub attempts: u8,
-}
-
-/// What a join reply should hold, decided from what the room has in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinPlan {
-    /// The ring has every message the reply needs.
-    FromRing,
-    /// The store must be read: messages with offset > `after`, at most `limit`.
-    Load { after: u64, limit: usize },
 }
 
 /// What became of a delivered message.
@@ -40,64 +23,100 @@ pub enum Delivered {
     To(u64),
     /// Its offset was delivered before: dropped.
     Repeat,
-    /// Offsets between `last` and this message are missing: nothing was delivered.
-    Gap { last: u64 },
+    /// The room's latest offset is not known yet (its first store read is in flight): kept
+    /// until it is.
+    Buffered,
+    /// Offsets between the room's latest and this message are missing (a hole the cluster
+    /// could not fill): the room moved past them and delivered it.
+    Jumped { from: u64 },
 }
 
 /// A room's state.
 pub struct Room {
     pub name: Arc<str>,
-    /// The latest offset delivered to this room (0: empty room).
-    pub last: u64,
+    /// The latest offset delivered to this room; `None` until the first store read says.
+    pub last: Option<u64>,
     /// Connections that are members.
     pub members: HashMap<ConnId, Member>,
-    /// Joins waiting for a store read; they become members when it completes.
-    pub pending: HashMap<ConnId, PendingJoin>,
     /// Users present, each with the number of its member connections (always > 0).
     pub users: HashMap<Arc<str>, (User, usize)>,
-    /// Encoded pushes of offsets `last - ring.len() + 1 ..= last`, contiguous.
-    pub ring: VecDeque<(u64, Frame)>,
+    /// Messages `last - ring.len() + 1 ..= last`, contiguous.
+    pub ring: VecDeque<Arc<Encoded>>,
     ring_capacity: usize,
+    /// Deliveries that arrived before `last` was known, in order.
+    pub buffered: Vec<Message>,
 }
 
 impl Room {
-    pub fn new(name: Arc<str>, last: u64, ring_capacity: usize) -> Room {
+    /// A room whose latest offset is not known yet.
+    pub fn new(name: Arc<str>, ring_capacity: usize) -> Room {
         Room {
             name,
-            last,
+            last: None,
             members: HashMap::new(),
-            pending: HashMap::new(),
             users: HashMap::new(),
             ring: VecDeque::new(),
             ring_capacity,
+            buffered: Vec::new(),
         }
     }
 
-    /// The broadcast path: encodes the `message` push once, keeps it in the ring and queues the
-    /// same bytes to every member. Its allocations do not depend on the number of members
-    /// (`tests/alloc_broadcast.rs` holds it to that).
-    pub fn deliver(&mut self, message: &Message, metrics: &Metrics) -> Delivered {
-        if message.offset <= self.last {
+    /// The broadcast path: encodes the `message` push at most once per codec, keeps it in the
+    /// ring and queues the same bytes to every member. Its allocations do not depend on the
+    /// number of members (`tests/alloc_broadcast.rs` holds it to that).
+    pub fn deliver(&mut self, message: Message, metrics: &Metrics) -> Delivered {
+        let Some(last) = self.last else {
+            self.buffered.push(message);
+            return Delivered::Buffered;
+        };
+        if message.offset <= last {
             return Delivered::Repeat;
         }
-        if message.offset != self.last + 1 {
-            return Delivered::Gap { last: self.last };
+        let jumped = message.offset != last + 1;
+        if jumped {
+            // The ring must stay contiguous: start it again at this message.
+            self.ring.clear();
+            self.last = Some(message.offset - 1);
         }
-        let push = protocol::message_push(message);
-        self.record(message.offset, &push);
-        let queued = self.broadcast(&push, None, metrics);
+        let latency = crate::now_ms().saturating_sub(message.ts);
+        let encoded = Encoded::new(message);
+        self.record(&encoded);
+        let queued = self.broadcast(|codec| encoded.push(codec), None, metrics);
         metrics.messages_delivered.inc_by(queued);
-        Delivered::To(queued)
+        Metrics::observe(&metrics.delivery_latency, Duration::from_millis(latency));
+        if jumped {
+            Delivered::Jumped { from: last }
+        } else {
+            Delivered::To(queued)
+        }
     }
 
-    /// Queues `frame` to every member but `except`; returns how many got it.
-    pub fn broadcast(&self, frame: &Frame, except: Option<ConnId>, metrics: &Metrics) -> u64 {
+    /// Sets the latest offset once the first store read knows it, then delivers what arrived
+    /// meanwhile.
+    pub fn known(&mut self, last: u64, metrics: &Metrics) {
+        if self.last.is_some() {
+            return;
+        }
+        self.last = Some(last);
+        for message in std::mem::take(&mut self.buffered) {
+            self.deliver(message, metrics);
+        }
+    }
+
+    /// Queues the frame `frame_for` gives for each member's codec to every member but
+    /// `except`; returns how many got it.
+    pub fn broadcast(
+        &self,
+        mut frame_for: impl FnMut(Codec) -> Frame,
+        except: Option<ConnId>,
+        metrics: &Metrics,
+    ) -> u64 {
         let mut queued = 0;
         for (conn, member) in &self.members {
             if Some(*conn) == except {
                 continue;
             }
-            match member.outbox.send(frame.clone()) {
+            match member.outbox.send(frame_for(member.outbox.codec)) {
                 Sent::Queued => queued += 1,
                 Sent::Overflowed => {
                     metrics.slow_consumers.inc();
@@ -132,108 +151,72 @@ impl Room {
         None
     }
 
-    /// Records a delivered message; false when it is not the next offset (a repeat or a gap).
-    /// The ring is fed while the room exists, that is while it has members or pending joins.
-    pub fn record(&mut self, offset: u64, push: &Frame) -> bool {
-        if offset != self.last + 1 {
-            return false;
-        }
-        self.last = offset;
+    /// Records a delivered message (the next offset) in the ring.
+    fn record(&mut self, encoded: &Arc<Encoded>) {
+        self.last = Some(encoded.offset());
         if self.ring_capacity > 0 {
             if self.ring.len() == self.ring_capacity {
                 self.ring.pop_front();
             }
-            self.ring.push_back((offset, push.clone()));
-        }
-        true
-    }
-
-    /// True when the ring holds the latest `count` messages.
-    pub fn ring_covers(&self, count: u64) -> bool {
-        count == 0
-            || (self.ring.back().is_some_and(|(o, _)| *o == self.last)
-                && self.ring.len() as u64 >= count)
-    }
-
-    /// What a join needs: `since` as in the request, `window` the recovery window.
-    pub fn plan_join(&self, since: Option<u64>, window: u64, default_count: usize) -> JoinPlan {
-        match since {
-            None => {
-                let want = self.last.min(default_count as u64);
-                if self.ring_covers(want) {
-                    JoinPlan::FromRing
-                } else {
-                    JoinPlan::Load {
-                        after: self.last - want,
-                        limit: default_count,
-                    }
-                }
-            }
-            Some(k) if k >= self.last => JoinPlan::FromRing,
-            Some(k) => {
-                let after = k.max(self.last.saturating_sub(window));
-                if self.ring_covers(self.last - after) {
-                    JoinPlan::FromRing
-                } else {
-                    JoinPlan::Load {
-                        after,
-                        limit: (self.last - after) as usize,
-                    }
-                }
-            }
+            self.ring.push_back(encoded.clone());
         }
     }
 
-    /// The ring's pushes with offset > `after`.
-    pub fn ring_after(&self, after: u64) -> impl Iterator<Item = &(u64, Frame)> {
-        let skip = self.ring.iter().take_while(|(o, _)| *o <= after).count();
+    /// True when the ring holds every message with offset > `after` (up to `last`).
+    pub fn ring_covers_after(&self, after: u64) -> bool {
+        let Some(last) = self.last else {
+            return false;
+        };
+        after >= last || self.ring.front().is_some_and(|m| m.offset() <= after + 1)
+    }
+
+    /// The ring's messages with offset > `after`.
+    pub fn ring_after(&self, after: u64) -> impl Iterator<Item = &Arc<Encoded>> {
+        let skip = self.ring.iter().take_while(|m| m.offset() <= after).count();
         self.ring.iter().skip(skip)
     }
 
-    /// Fills the ring from loaded pushes, if they end right where the ring starts (or at last).
-    pub fn seed_ring(&mut self, loaded: &[(u64, Frame)]) {
+    /// Fills the ring from messages read from the store, if they end right where the ring
+    /// starts (or at `last` when the ring is empty).
+    pub fn seed_ring(&mut self, loaded: &[Arc<Encoded>]) {
+        let Some(last) = self.last else { return };
         if self.ring_capacity == 0 || loaded.is_empty() {
             return;
         }
-        let ring_start = self.ring.front().map_or(self.last + 1, |(o, _)| *o);
-        let mut prefix: Vec<&(u64, Frame)> =
-            loaded.iter().filter(|(o, _)| *o < ring_start).collect();
-        if prefix.last().is_none_or(|(o, _)| *o + 1 != ring_start) {
+        let ring_start = self.ring.front().map_or(last + 1, |m| m.offset());
+        let mut prefix: Vec<&Arc<Encoded>> =
+            loaded.iter().filter(|m| m.offset() < ring_start).collect();
+        if prefix.last().is_none_or(|m| m.offset() + 1 != ring_start) {
             return;
         }
-        while let Some(item) = prefix.pop() {
-            if self.ring.len() == self.ring_capacity {
+        while let Some(m) = prefix.pop() {
+            if self.ring.len() == self.ring_capacity
+                || self
+                    .ring
+                    .front()
+                    .is_some_and(|f| f.offset() != m.offset() + 1)
+            {
                 break;
             }
-            if self.ring.front().is_some_and(|(o, _)| *o != item.0 + 1) {
-                break;
-            }
-            self.ring.push_front(item.clone());
+            self.ring.push_front(m.clone());
         }
     }
 
-    /// For a join with `since`: the `recovered` flag, and the offset after which the reply's
-    /// messages start (the latest `window` messages when more were missed).
-    pub fn recovery(&self, since: u64, window: u64) -> (bool, u64) {
-        if since > self.last {
-            return (false, self.last);
-        }
-        if self.last - since > window {
-            return (false, self.last - window);
-        }
-        (true, since)
+    /// Nobody is here: the shard may forget the room.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.buffered.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Closer;
+    use crate::conn::Closer;
     use tokio_util::sync::CancellationToken;
 
     fn member(user: &str) -> Member {
         let closer = Closer::child_of(&CancellationToken::new());
-        let (outbox, _rx) = Outbox::new(0, 16, closer);
+        let (outbox, _rx) = Outbox::new(0, Codec::Json, 1 << 20, closer);
         Member {
             user: User {
                 id: user.into(),
@@ -243,9 +226,22 @@ mod tests {
         }
     }
 
+    fn msg(offset: u64) -> Message {
+        Message {
+            room: "r".into(),
+            offset,
+            user: User {
+                id: "a".into(),
+                name: "a".into(),
+            },
+            body: "x".into(),
+            ts: 0,
+        }
+    }
+
     #[test]
     fn presence_is_per_user() {
-        let mut room = Room::new("r".into(), 0, 4);
+        let mut room = Room::new("r".into(), 4);
         assert!(room.add_member(1, member("a")));
         assert!(!room.add_member(2, member("a")));
         assert!(room.add_member(3, member("b")));
@@ -257,45 +253,35 @@ mod tests {
     }
 
     #[test]
-    fn ring_keeps_the_latest_contiguous_messages() {
-        let mut room = Room::new("r".into(), 0, 3);
-        room.add_member(1, member("a"));
-        for o in 1..=5 {
-            assert!(room.record(o, &Frame::from(format!("{o}"))));
+    fn the_ring_keeps_the_latest_contiguous_messages() {
+        let metrics = Metrics::new();
+        let mut room = Room::new("r".into(), 3);
+        assert_eq!(room.deliver(msg(1), &metrics), Delivered::Buffered);
+        room.known(0, &metrics);
+        assert_eq!(room.last, Some(1), "the buffered delivery was applied");
+        for o in 2..=5 {
+            assert_eq!(room.deliver(msg(o), &metrics), Delivered::To(0));
         }
-        assert!(!room.record(5, &Frame::from("dup")));
-        assert!(!room.record(7, &Frame::from("gap")));
+        assert_eq!(room.deliver(msg(5), &metrics), Delivered::Repeat);
+        let offsets: Vec<u64> = room.ring.iter().map(|m| m.offset()).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        assert!(room.ring_covers_after(2));
+        assert!(!room.ring_covers_after(1));
+        assert!(room.ring_covers_after(9));
         assert_eq!(
-            room.ring.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-        assert_eq!(room.plan_join(Some(2), 100, 50), JoinPlan::FromRing);
-        assert_eq!(
-            room.plan_join(Some(1), 100, 50),
-            JoinPlan::Load { after: 1, limit: 4 }
-        );
-        assert_eq!(room.plan_join(Some(9), 100, 50), JoinPlan::FromRing);
-        assert_eq!(room.plan_join(None, 100, 2), JoinPlan::FromRing);
-        assert_eq!(
-            room.plan_join(None, 100, 50),
-            JoinPlan::Load {
-                after: 0,
-                limit: 50
-            }
-        );
-        assert_eq!(room.plan_join(Some(0), 2, 50), JoinPlan::FromRing);
-        assert_eq!(
-            room.ring_after(3).map(|(o, _)| *o).collect::<Vec<_>>(),
+            room.ring_after(3).map(|m| m.offset()).collect::<Vec<_>>(),
             vec![4, 5]
         );
-    }
-
-    #[test]
-    fn recovery_flags() {
-        let room = Room::new("r".into(), 10, 3);
-        assert_eq!(room.recovery(10, 5), (true, 10));
-        assert_eq!(room.recovery(7, 5), (true, 7));
-        assert_eq!(room.recovery(2, 5), (false, 5));
-        assert_eq!(room.recovery(11, 5), (false, 10));
+        let older: Vec<_> = (1..=2).map(|o| Encoded::new(msg(o))).collect();
+        room.seed_ring(&older);
+        assert_eq!(room.ring.len(), 3, "the ring is full: nothing prepended");
+        assert_eq!(
+            room.deliver(msg(9), &metrics),
+            Delivered::Jumped { from: 5 }
+        );
+        assert_eq!(
+            room.ring.iter().map(|m| m.offset()).collect::<Vec<_>>(),
+            vec![9]
+        );
     }
 }

@@ -4,24 +4,32 @@
 //! it in one transaction, and only then completes each operation (so an `ack` leaves after its
 //! commit). Reads use a small pool of separate read connections and never block the writer
 //! (WAL readers see the last committed state).
+//!
+//! Per room the store knows its *contiguous prefix*: the highest offset up to which every
+//! message is stored (`rooms.last_offset`). Reads never go past it, so a reader never sees a
+//! hole that a replicated write is about to fill; catch-up starts after it.
 
+mod reads;
 mod writer;
 
 use std::collections::HashMap;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::User;
 use crate::config::Fsync;
+use crate::metrics::Metrics;
 use crate::protocol::Message;
 
-pub use writer::{Append, AppendOutcome, Completion, WriteOp};
+pub use reads::{JoinRead, PageRead};
+pub use writer::{Append, AppendDone, AppendOutcome, Insert, InsertDone, Replicated, WriteOp};
 
 /// What can go wrong in the store.
 #[derive(Debug, Error)]
@@ -32,6 +40,17 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("a read task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// Why a write was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WriteFailure {
+    /// The writer's queue was full, or the writer has stopped: nothing was tried.
+    #[error("the store's queue is full or the store is closed")]
+    Refused,
+    /// The transaction failed (disk full, I/O error, a lock held by another process).
+    #[error("the store could not commit")]
+    Commit,
 }
 
 /// A write the writer did not take (queue full, or the writer stopped): handed back so that
@@ -65,8 +84,6 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     writes: mpsc::Sender<WriteOp>,
     tracker: TaskTracker,
-    /// Latest offset of every room at open time (the writer keeps the live numbers).
-    initial_offsets: HashMap<Arc<str>, u64>,
 }
 
 const SCHEMA: &str = "
@@ -79,6 +96,7 @@ CREATE TABLE IF NOT EXISTS messages (
     ts INTEGER NOT NULL,
     PRIMARY KEY (room, offset)
 ) WITHOUT ROWID;
+-- last_offset: the contiguous prefix (every offset up to it is in messages).
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     last_offset INTEGER NOT NULL
@@ -92,6 +110,16 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (room, user_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_ts ON idempotency (ts);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+-- A user's sessions issued before generation `generation` are logged out.
+CREATE TABLE IF NOT EXISTS revocations (
+    user_id TEXT PRIMARY KEY,
+    gen INTEGER NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 fn open_connection(path: &Path, fsync: Fsync, write: bool) -> Result<Connection, StoreError> {
@@ -113,6 +141,18 @@ fn open_connection(path: &Path, fsync: Fsync, write: bool) -> Result<Connection,
     Ok(conn)
 }
 
+/// Creates the database file readable by the server's user alone (0600); SQLite gives its WAL
+/// and shared-memory files the same mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 fn row_to_message(room: &Arc<str>, row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         room: room.clone(),
@@ -128,23 +168,19 @@ fn row_to_message(room: &Arc<str>, row: &rusqlite::Row<'_>) -> rusqlite::Result<
 
 impl Store {
     /// Opens (or creates) the room log in `options.dir` and starts its writer on `tracker`.
-    pub fn open(options: StoreOptions, tracker: &TaskTracker) -> Result<Store, StoreError> {
+    pub fn open(
+        options: StoreOptions,
+        metrics: Arc<Metrics>,
+        tracker: &TaskTracker,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
         let path = options.dir.join("nebula.db");
+        create_private(&path)?;
         let conn = open_connection(&path, options.fsync, true)?;
         conn.execute_batch(SCHEMA)?;
-        let mut initial_offsets = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT room, last_offset FROM rooms")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (room, last) = row?;
-                initial_offsets.insert(Arc::<str>::from(room), last as u64);
-            }
-        }
         let stop_checkpoints = Arc::new(AtomicBool::new(false));
         let checkpointer = open_connection(&path, options.fsync, true)?;
-        let state = writer::Writer::load(conn, initial_offsets.clone(), stop_checkpoints.clone())?;
+        let state = writer::Writer::load(conn, stop_checkpoints.clone(), metrics)?;
         let (writes, rx) = mpsc::channel(options.queue.max(1));
         let (completions, completed) = std::sync::mpsc::sync_channel(64);
         tracker.spawn_blocking(move || state.run(rx, completions));
@@ -156,14 +192,8 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 writes,
                 tracker: tracker.clone(),
-                initial_offsets,
             }),
         })
-    }
-
-    /// Latest offset of every room when the store was opened.
-    pub fn initial_offsets(&self) -> &HashMap<Arc<str>, u64> {
-        &self.inner.initial_offsets
     }
 
     /// Queues a write without waiting; `Refused` (the op handed back) when the queue is full or
@@ -220,58 +250,27 @@ impl Store {
             .await?
     }
 
-    /// Up to `limit` messages with offset > `after`, oldest first.
-    pub async fn read_after(
-        &self,
-        room: Arc<str>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    /// A value of the `meta` table (the cluster epoch, ...).
+    pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT offset, user_id, user_name, body, ts FROM messages
-                 WHERE room = ?1 AND offset > ?2 ORDER BY offset ASC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![&*room, after as i64, limit as i64], |r| {
-                row_to_message(&room, r)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Up to `limit` messages with offset < `before` (`None`: the latest), oldest first.
-    pub async fn read_before(
-        &self,
-        room: Arc<str>,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT offset, user_id, user_name, body, ts FROM messages
-                 WHERE room = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![&*room, before, limit as i64], |r| {
-                row_to_message(&room, r)
-            })?;
-            let mut messages = rows.collect::<Result<Vec<_>, _>>()?;
-            messages.reverse();
-            Ok(messages)
-        })
-        .await
-    }
-
-    /// The latest stored offset of a room (0 when empty), as a reader sees it now.
-    pub async fn latest_offset(&self, room: Arc<str>) -> Result<u64, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT last_offset FROM rooms WHERE room = ?1")?;
-            let mut rows = stmt.query(params![&*room])?;
+            let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+            let mut rows = stmt.query([key])?;
             Ok(match rows.next()? {
-                Some(r) => r.get::<_, i64>(0)? as u64,
-                None => 0,
+                Some(r) => Some(r.get::<_, String>(0)?),
+                None => None,
             })
+        })
+        .await
+    }
+
+    /// Every revoked session generation, by user id.
+    pub async fn revocations(&self) -> Result<HashMap<Arc<str>, u64>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT user_id, gen FROM revocations")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?.into(), r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
         })
         .await
     }

@@ -1,20 +1,18 @@
-//! Test helpers: a real server on port 0, a raw HTTP client, a real WebSocket client.
+//! Test helpers: a real server on port 0, an HTTP client and a WebSocket client (both from
+//! `nebula::client`, the kit the load generator uses too).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
+use nebula::client::{self, Ws, WsOptions};
+use nebula::protocol::Codec;
 use nebula::{Config, Nebula, RunningServer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for any one frame.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -60,7 +58,7 @@ impl TestServer {
     }
 }
 
-/// A parsed HTTP response.
+/// A finished HTTP response, its body as text.
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
@@ -88,90 +86,57 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<HttpResponse> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .context("http timeout")??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("status")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let r = tokio::time::timeout(
+        WAIT,
+        client::http(addr, method, path, headers, body.to_string()),
+    )
+    .await
+    .context("http timeout")??;
     Ok(HttpResponse {
-        status,
-        headers,
-        body: body.to_string(),
+        status: r.status,
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: r.text(),
     })
 }
 
 /// Logs in as `name`; returns the `Cookie` header value to send.
 pub async fn login(addr: SocketAddr, name: &str) -> Result<String> {
-    let body = json!({ "name": name }).to_string();
-    let r = http(
-        addr,
-        "POST",
-        "/api/login",
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .await?;
-    if r.status != 200 {
-        bail!("login failed: {} {}", r.status, r.body);
-    }
-    let set = r.header("set-cookie").context("no set-cookie")?;
-    Ok(set.split(';').next().context("cookie")?.to_string())
+    let mut c = client::HttpClient::connect(addr).await?;
+    Ok(c.login(name).await?)
 }
 
 /// A WebSocket client speaking the v1 JSON protocol.
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ws: Ws,
     pub user: Value,
+    pub node: String,
     next_id: u64,
     /// Pushes received while waiting for a reply.
     pub backlog: std::collections::VecDeque<Value>,
 }
 
-/// Opens a WebSocket to `addr` with `cookie` (and optional `origin`).
+/// Opens a WebSocket to `addr` with `cookie` (and optional `origin`), asking for JSON.
 pub async fn ws_connect(
     addr: SocketAddr,
     cookie: Option<&str>,
     origin: Option<&str>,
-) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, WsError> {
-    let mut req = format!("ws://{addr}/ws").into_client_request()?;
-    if let Some(c) = cookie {
-        req.headers_mut()
-            .insert("Cookie", HeaderValue::from_str(c).unwrap());
-    }
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("Origin", HeaderValue::from_str(o).unwrap());
-    }
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("nebula.v1.json"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-    Ok(ws)
+) -> Result<Ws, WsError> {
+    let options = WsOptions {
+        cookie,
+        origin,
+        codec: Some(Codec::Json),
+        source: None,
+    };
+    client::ws_connect(addr, options)
+        .await
+        .map_err(|e| match e {
+            client::ClientError::Ws(e) => e,
+            other => WsError::Io(std::io::Error::other(other.to_string())),
+        })
 }
 
 impl Client {
@@ -186,6 +151,7 @@ impl Client {
         let mut c = Client {
             ws,
             user: Value::Null,
+            node: String::new(),
             next_id: 1,
             backlog: Default::default(),
         };
@@ -194,6 +160,7 @@ impl Client {
             bail!("expected welcome, got {welcome}");
         }
         c.user = welcome["user"].clone();
+        c.node = welcome["node"].as_str().unwrap_or_default().to_string();
         Ok(c)
     }
 

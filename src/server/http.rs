@@ -1,0 +1,329 @@
+//! The HTTP routes: health, readiness, metrics, the page and its files, the dashboard, login,
+//! logout and `me`. Every answer carries the security headers; every error body carries a
+//! `code` as WebSocket errors do.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::{App, HEADER_READ_TIMEOUT, ws};
+use crate::auth::{self, Session, User};
+use crate::metrics::CONTENT_TYPE;
+use crate::store::WriteOp;
+use crate::web;
+
+pub(super) type Body = Full<Bytes>;
+
+/// Errors of the HTTP routes, each with the `code` its body carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HttpError {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Timeout,
+    RateLimited,
+    Unavailable,
+}
+
+impl HttpError {
+    fn status(self) -> StatusCode {
+        match self {
+            HttpError::BadRequest => StatusCode::BAD_REQUEST,
+            HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden => StatusCode::FORBIDDEN,
+            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            HttpError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            HttpError::BadRequest => "bad_request",
+            HttpError::Unauthorized => "unauthorized",
+            HttpError::Forbidden => "forbidden",
+            HttpError::NotFound => "not_found",
+            HttpError::Timeout => "timeout",
+            HttpError::RateLimited => "rate_limited",
+            HttpError::Unavailable => "unavailable",
+        }
+    }
+
+    /// The answer: `{"error": message, "code": code}`.
+    pub(super) fn answer(self, message: &str) -> Response<Body> {
+        let mut r = json(
+            self.status(),
+            serde_json::json!({ "error": message, "code": self.code() }),
+        );
+        match self {
+            HttpError::RateLimited => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            HttpError::Timeout => {
+                // The body did not arrive in time: the connection is not reused.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+/// The page allows only its own scripts, styles and connections, and no framing by others.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
+pub(super) fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).expect("valid header"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure(h);
+    r
+}
+
+/// The security headers of every answer.
+pub(super) fn secure(h: &mut hyper::HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    response(status, "application/json", value.to_string())
+}
+
+/// The request's session, if its cookie is valid and not logged out.
+pub(super) fn session(app: &App, req: &Request<Incoming>) -> Option<Session> {
+    let header = req.headers().get(header::COOKIE)?.to_str().ok()?;
+    let session = app
+        .keys
+        .verify_cookie_header(header, auth::now_secs())
+        .ok()?;
+    app.revocations.check(session).ok()
+}
+
+pub(super) async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    app: Arc<App>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&app),
+        (&Method::GET, "/metrics") => metrics(&app),
+        (&Method::GET, "/dashboard/stats") => response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            web::dashboard_rows(&dashboard_rows(&app)),
+        ),
+        (&Method::POST, "/api/login") => login(req, peer.ip(), &app).await,
+        (&Method::POST, "/api/logout") => logout(req, &app).await,
+        (&Method::GET, "/api/me") => match session(&app, &req) {
+            Some(s) => json(StatusCode::OK, serde_json::json!({ "user": s.user })),
+            None => HttpError::Unauthorized.answer("not logged in"),
+        },
+        (&Method::GET, "/ws") => ws::upgrade(req, peer.ip(), &app),
+        (&Method::GET, p) => match web::asset(p) {
+            Some((content_type, body)) => {
+                response(StatusCode::OK, content_type, Bytes::from_static(body))
+            }
+            None => HttpError::NotFound.answer("not found"),
+        },
+        _ => HttpError::NotFound.answer("not found"),
+    }
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    let health = app.ctx.broker.health();
+    let unready = if !app.ready.load(Ordering::SeqCst) {
+        Some("shutting down\n")
+    } else if !health.connected {
+        Some("not following the cluster (redis unreachable); publishes get unavailable\n")
+    } else if !health.caught_up {
+        Some("catching up with the cluster\n")
+    } else if !health.accepting {
+        Some("repairing the cluster's numbering; publishes get unavailable\n")
+    } else {
+        None
+    };
+    match unready {
+        None => response(StatusCode::OK, "text/plain", "ready\n"),
+        Some(why) => response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+    }
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    let m = &app.metrics;
+    let health = app.ctx.broker.health();
+    m.tasks_alive.set(app.alive_tasks() as i64);
+    m.ready.set(i64::from(
+        app.ready.load(Ordering::SeqCst) && health.ready(),
+    ));
+    m.redis_connected
+        .set(i64::from(app.cluster && health.connected));
+    response(StatusCode::OK, CONTENT_TYPE, m.render())
+}
+
+fn dashboard_rows(app: &App) -> Vec<(&'static str, String)> {
+    let m = &app.metrics;
+    let health = app.ctx.broker.health();
+    let redis = match (app.cluster, health.connected) {
+        (false, _) => "single node",
+        (true, true) => "connected",
+        (true, false) => "disconnected",
+    };
+    vec![
+        ("node", app.ctx.node_id.to_string()),
+        ("ready", app.ready.load(Ordering::SeqCst).to_string()),
+        ("redis", redis.to_string()),
+        ("connections", m.connections.get().to_string()),
+        ("rooms with members here", m.rooms.get().to_string()),
+        ("messages published", m.messages_published.get().to_string()),
+        ("messages delivered", m.messages_delivered.get().to_string()),
+        ("publishes refused", m.publishes_refused.get().to_string()),
+        (
+            "slow consumers closed (4008)",
+            m.slow_consumers.get().to_string(),
+        ),
+        ("tasks alive", app.alive_tasks().to_string()),
+    ]
+}
+
+pub(super) fn rate_limited(app: &App) -> Response<Body> {
+    app.metrics.rate_limited.inc();
+    HttpError::RateLimited.answer("too many requests; slow down")
+}
+
+/// True when the request's `Origin` is this server's own (same host as the `Host` header) or
+/// allowed by `--allowed-origin`; a request without `Origin` (not a browser) passes.
+pub(super) fn origin_allowed(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let own = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    own.is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host))
+        || app
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+async fn login(req: Request<Incoming>, ip: IpAddr, app: &App) -> Response<Body> {
+    if !app.limits.allow_connect(ip) {
+        return rate_limited(app);
+    }
+    if !origin_allowed(app, &req) {
+        return HttpError::Forbidden.answer("origin not allowed");
+    }
+    let existing = session(app, &req).map(|s| s.user);
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    // The header timeout covers only the headers: the body gets its own deadline.
+    let body = Limited::new(req.into_body(), 4096).collect();
+    let body = match tokio::time::timeout(HEADER_READ_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return HttpError::BadRequest.answer("body too large or unreadable"),
+        Err(_) => return HttpError::Timeout.answer("the body did not arrive within 10 s"),
+    };
+    let name: Option<String> = if is_json {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+    } else {
+        form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v.into_owned())
+    };
+    let Some(name) = name else {
+        return HttpError::BadRequest.answer("name is missing");
+    };
+    let name = match auth::validate_name(&name) {
+        Ok(n) => n,
+        Err(e) => return HttpError::BadRequest.answer(&e.to_string()),
+    };
+    let id = existing.map_or_else(auth::new_user_id, |u| u.id);
+    let generation = app.revocations.current(&id);
+    let user = User {
+        id,
+        name: name.into(),
+    };
+    let mut r = json(StatusCode::OK, serde_json::json!({ "user": user }));
+    let cookie = app.keys.set_cookie(&user, auth::now_secs(), generation);
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+    );
+    r
+}
+
+/// Clears the cookie and logs the session out everywhere: every cookie of this user issued
+/// before is refused afterwards, on every node.
+async fn logout(req: Request<Incoming>, app: &App) -> Response<Body> {
+    if !origin_allowed(app, &req) {
+        return HttpError::Forbidden.answer("origin not allowed");
+    }
+    if let Some(session) = session(app, &req) {
+        let user = session.user.id;
+        let generation = app.revocations.revoke(&user);
+        let op = WriteOp::Revoke {
+            user: user.clone(),
+            generation,
+            at: auth::now_secs(),
+        };
+        if app.ctx.store.write(op).await.is_err() {
+            tracing::warn!(
+                "a logout was not stored (the store is closing); it holds until a restart"
+            );
+        }
+        app.ctx.broker.revoked(&user, generation);
+    }
+    let mut r = json(StatusCode::OK, serde_json::json!({}));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&auth::clear_cookie()).expect("valid"),
+    );
+    r
+}
