@@ -234,3 +234,34 @@ pub async fn ws_connect(target: SocketAddr, options: WsOptions<'_>) -> Result<Ws
     let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
     Ok(ws)
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers the login with a chunked body (as Node's http module does) is
+    /// understood.
+    #[tokio::test]
+    async fn a_chunked_login_answer_is_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = r#"{"user":{"id":"u1","name":"alice"}}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nSet-Cookie: nebula_session=abc; HttpOnly\r\n\
+                 Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n\
+                 {:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let mut client = HttpClient::connect(addr).await.unwrap();
+        assert_eq!(client.login("alice").await.unwrap(), "nebula_session=abc");
+        server.await.unwrap();
+    }
+}

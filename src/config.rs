@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// A configuration that cannot run, and why (for a person to read).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 /// How hard the store pushes a commit to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Fsync {
@@ -93,9 +98,9 @@ impl Config {
     }
 
     /// Checks what clap cannot: cross-flag rules.
-    pub fn validate(&self) -> Result<(), crate::Error> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.redis_url.is_some() && self.secret.is_none() && self.secret_file.is_none() {
-            return Err(crate::Error::Config(
+            return Err(ConfigError(
                 "cluster mode (--redis / NEBULA_REDIS_URL) needs --secret / NEBULA_SECRET \
                  (or --secret-file / NEBULA_SECRET_FILE), the same on every node, so that a \
                  session cookie is valid on all of them"
@@ -106,12 +111,10 @@ impl Config {
             check_secret(secret.as_bytes(), "--secret / NEBULA_SECRET")?;
         }
         if self.shards == 0 || self.shards > 1024 {
-            return Err(crate::Error::Config(
-                "--shards must be between 1 and 1024".into(),
-            ));
+            return Err(ConfigError("--shards must be between 1 and 1024".into()));
         }
         if self.outbox_bytes < 2 * crate::protocol::MAX_REPLY_BYTES {
-            return Err(crate::Error::Config(format!(
+            return Err(ConfigError(format!(
                 "--outbox-bytes must be at least {} (two of the largest replies)",
                 2 * crate::protocol::MAX_REPLY_BYTES
             )));
@@ -121,7 +124,7 @@ impl Config {
 
     /// The cookie key given by `--secret` or read from `--secret-file` (trimmed); `None` when
     /// neither is set (a single node then generates its own).
-    pub fn given_secret(&self) -> Result<Option<Vec<u8>>, crate::Error> {
+    pub fn given_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         if let Some(s) = &self.secret {
             return Ok(Some(s.as_bytes().to_vec()));
         }
@@ -129,7 +132,7 @@ impl Config {
             return Ok(None);
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::Error::Config(format!(
+            ConfigError(format!(
                 "--secret-file {}: cannot read it: {e}",
                 path.display()
             ))
@@ -179,9 +182,9 @@ pub fn redact_url(url: &str) -> String {
 /// A cookie key shorter than this is refused at start: it could be guessed.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-fn check_secret(secret: &[u8], from: &str) -> Result<(), crate::Error> {
+fn check_secret(secret: &[u8], from: &str) -> Result<(), ConfigError> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(crate::Error::Config(format!(
+        return Err(ConfigError(format!(
             "{from}: the cookie key must be at least {MIN_SECRET_BYTES} bytes (it has {}); \
              generate one with `head -c 32 /dev/urandom | base64`",
             secret.len()

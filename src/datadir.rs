@@ -8,7 +8,16 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::Error;
+use thiserror::Error;
+
+/// Why the data directory cannot be used.
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    #[error("data dir {0} is in use by another nebula process (one process per data dir)")]
+    InUse(String),
+    #[error("data dir: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// An open, locked data directory. The lock is released when this is dropped (or when the
 /// process dies, however it dies: it is an `flock`).
@@ -22,7 +31,7 @@ impl DataDir {
     /// Creates `path` if needed (mode 0700; an existing directory is set to 0700) and locks it.
     /// A second process on the same directory gets a clear error: two writers on one SQLite
     /// log would number messages twice.
-    pub fn open(path: &Path) -> Result<DataDir, Error> {
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
         DirBuilder::new().recursive(true).mode(0o700).create(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
         let lock = OpenOptions::new()
@@ -34,10 +43,7 @@ impl DataDir {
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Config(format!(
-                    "data dir {} is in use by another nebula process (one process per data dir)",
-                    path.display()
-                )));
+                return Err(DataDirError::InUse(path.display().to_string()));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
@@ -54,7 +60,7 @@ impl DataDir {
     /// This node's id: `given` when set, else the one kept in `node-id`, else a new one
     /// (hostname plus a short random suffix) written there, so that a restarted node keeps its
     /// id and every replica of a scaled service (each with its own data dir) has its own.
-    pub fn node_id(&self, given: Option<&str>) -> Result<Arc<str>, Error> {
+    pub fn node_id(&self, given: Option<&str>) -> Result<Arc<str>, DataDirError> {
         if let Some(id) = given.map(str::trim).filter(|s| !s.is_empty()) {
             return Ok(id.into());
         }

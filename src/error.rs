@@ -6,7 +6,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    DataDir(#[from] crate::datadir::DataDirError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("broker: {0}")]

@@ -46,10 +46,3 @@ mod web;
 pub use config::Config;
 pub use error::Error;
 pub use server::{Nebula, RunningServer};
-
-/// Milliseconds since the epoch (the `ts` of a message).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}

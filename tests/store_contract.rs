@@ -45,7 +45,7 @@ async fn append(
     body: &str,
     key: Option<&str>,
 ) -> Result<AppendOutcome, WriteFailure> {
-    append_at(store, room, who, body, key, nebula::now_ms()).await
+    append_at(store, room, who, body, key, nebula::protocol::now_ms()).await
 }
 
 async fn append_at(
@@ -143,7 +143,7 @@ async fn contract(open: Open) -> Result<()> {
     );
 
     // A key is remembered for 10 minutes: one stored 11 minutes ago no longer counts.
-    let old = nebula::now_ms() - 11 * 60 * 1000;
+    let old = nebula::protocol::now_ms() - 11 * 60 * 1000;
     assert_eq!(
         stored_offset(append_at(&store, "b", "u9", "old", Some("old-key"), old).await),
         3

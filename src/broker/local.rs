@@ -39,7 +39,7 @@ impl Broker for LocalBroker {
             user: p.user,
             body: p.body,
             key: p.key,
-            ts: crate::now_ms(),
+            ts: crate::protocol::now_ms(),
             // Runs on the store's completion thread, in commit order: the ack first, then the
             // delivery (which waits while the room's shard is busy).
             done: Box::new(move |outcome| match outcome {

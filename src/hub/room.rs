@@ -78,7 +78,7 @@ impl Room {
             self.ring.clear();
             self.last = Some(message.offset - 1);
         }
-        let latency = crate::now_ms().saturating_sub(message.ts);
+        let latency = crate::protocol::now_ms().saturating_sub(message.ts);
         let encoded = Encoded::new(message);
         self.record(&encoded);
         let queued = self.broadcast(|codec| encoded.push(codec), None, metrics);

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::auth::User;
 
 pub use encoded::{Encoded, Frame};
+pub use proto::pb;
 pub use reply::{JoinedReply, PerCodec};
 
 /// A body is at most this many bytes of UTF-8.
@@ -250,6 +251,13 @@ pub fn parse(codec: Codec, frame: &[u8], text: bool) -> Result<(u64, Request), R
             message: "text frames need subprotocol nebula.v1.json",
         }),
     }
+}
+
+/// The server's clock in milliseconds since the epoch: a message's `ts`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// True when `room` is a valid room name: `^[A-Za-z0-9_.:-]{1,64}$`.

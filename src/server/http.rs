@@ -1,135 +1,23 @@
 //! The HTTP routes: health, readiness, metrics, the page and its files, the dashboard, login,
-//! logout and `me`. Every answer carries the security headers; every error body carries a
-//! `code` as WebSocket errors do.
+//! logout and `me`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::answer::{Body, HttpError, json, response};
+use super::guard::{origin_allowed, rate_limited, session};
 use super::{App, HEADER_READ_TIMEOUT, ws};
-use crate::auth::{self, Session, User};
+use crate::auth::{self, User};
 use crate::metrics::CONTENT_TYPE;
 use crate::store::WriteOp;
 use crate::web;
-
-pub(super) type Body = Full<Bytes>;
-
-/// Errors of the HTTP routes, each with the `code` its body carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum HttpError {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    Timeout,
-    RateLimited,
-    Unavailable,
-}
-
-impl HttpError {
-    fn status(self) -> StatusCode {
-        match self {
-            HttpError::BadRequest => StatusCode::BAD_REQUEST,
-            HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
-            HttpError::Forbidden => StatusCode::FORBIDDEN,
-            HttpError::NotFound => StatusCode::NOT_FOUND,
-            HttpError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            HttpError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            HttpError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn code(self) -> &'static str {
-        match self {
-            HttpError::BadRequest => "bad_request",
-            HttpError::Unauthorized => "unauthorized",
-            HttpError::Forbidden => "forbidden",
-            HttpError::NotFound => "not_found",
-            HttpError::Timeout => "timeout",
-            HttpError::RateLimited => "rate_limited",
-            HttpError::Unavailable => "unavailable",
-        }
-    }
-
-    /// The answer: `{"error": message, "code": code}`.
-    pub(super) fn answer(self, message: &str) -> Response<Body> {
-        let mut r = json(
-            self.status(),
-            serde_json::json!({ "error": message, "code": self.code() }),
-        );
-        match self {
-            HttpError::RateLimited => {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            HttpError::Timeout => {
-                // The body did not arrive in time: the connection is not reused.
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            _ => {}
-        }
-        r
-    }
-}
-
-/// The page allows only its own scripts, styles and connections, and no framing by others.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
-
-pub(super) fn response(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).expect("valid header"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    secure(h);
-    r
-}
-
-/// The security headers of every answer.
-pub(super) fn secure(h: &mut hyper::HeaderMap) {
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-}
-
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    response(status, "application/json", value.to_string())
-}
-
-/// The request's session, if its cookie is valid and not logged out.
-pub(super) fn session(app: &App, req: &Request<Incoming>) -> Option<Session> {
-    let header = req.headers().get(header::COOKIE)?.to_str().ok()?;
-    let session = app
-        .keys
-        .verify_cookie_header(header, auth::now_secs())
-        .ok()?;
-    app.revocations.check(session).ok()
-}
 
 pub(super) async fn route(
     req: Request<Incoming>,
@@ -217,35 +105,6 @@ fn dashboard_rows(app: &App) -> Vec<(&'static str, String)> {
         ),
         ("tasks alive", app.alive_tasks().to_string()),
     ]
-}
-
-pub(super) fn rate_limited(app: &App) -> Response<Body> {
-    app.metrics.rate_limited.inc();
-    HttpError::RateLimited.answer("too many requests; slow down")
-}
-
-/// True when the request's `Origin` is this server's own (same host as the `Host` header) or
-/// allowed by `--allowed-origin`; a request without `Origin` (not a browser) passes.
-pub(super) fn origin_allowed(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let own = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    own.is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host))
-        || app
-            .allowed_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 async fn login(req: Request<Incoming>, ip: IpAddr, app: &App) -> Response<Body> {

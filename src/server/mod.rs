@@ -1,6 +1,9 @@
 //! The server: the composition root (what is built in which order), the accept loop, and the
-//! shutdown order. The HTTP routes are in [`http`], the WebSocket handshake in [`ws`].
+//! shutdown order. The HTTP routes are in [`http`], the WebSocket handshake in [`ws`], the checks
+//! a request passes in [`guard`] and how answers are built in [`answer`].
 
+mod answer;
+mod guard;
 mod http;
 mod ws;
 
@@ -17,11 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Error;
 use crate::auth::{Keys, Revocations};
 use crate::broker::{BrokerEvents, LocalBroker, RedisBroker, SharedBroker};
 use crate::config::Config;
 use crate::datadir::DataDir;
+use crate::error::Error;
 use crate::hub::{Hub, RING_CAPACITY, ShardContext};
 use crate::limits::Limits;
 use crate::metrics::Metrics;

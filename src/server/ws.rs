@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::App;
-use super::http::{Body, HttpError, origin_allowed, rate_limited, secure, session};
+use super::answer::{Body, HttpError, secure};
+use super::guard::{origin_allowed, rate_limited, session};
 use crate::auth::Session;
 use crate::conn::Closer;
 use crate::protocol::Codec;

@@ -214,7 +214,7 @@ impl Writer {
         }
         let mut keys = HashMap::new();
         {
-            let cutoff = crate::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS) as i64;
+            let cutoff = crate::protocol::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS) as i64;
             let mut stmt = conn
                 .prepare("SELECT room, user_id, key, offset, ts FROM idempotency WHERE ts >= ?1")?;
             let rows = stmt.query_map(params![cutoff], |r| {
@@ -351,7 +351,7 @@ impl Writer {
 
     fn prune(&mut self) {
         self.last_prune = Instant::now();
-        let cutoff = crate::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
+        let cutoff = crate::protocol::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
         self.keys.retain(|_, (_, ts)| *ts >= cutoff);
         if let Err(e) = self.conn.execute(
             "DELETE FROM idempotency WHERE ts < ?1",
@@ -443,7 +443,7 @@ impl Writer {
             let mut insert_key = tx.prepare_cached(
                 "INSERT OR REPLACE INTO idempotency (room, user_id, key, offset, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let cutoff = crate::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
+            let cutoff = crate::protocol::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
             for op in batch {
                 match op {
                     WriteOp::Append(a) => {

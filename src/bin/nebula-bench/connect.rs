@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::client::{LoginClient, parse_url, source_for, ws_connect};
+use nebula::client::{WsOptions, source_for, ws_connect};
+
 use crate::stats::{self, Latencies};
+use crate::wire::{login_all, targets};
 use crate::{ConnectArgs, Summary, Workers};
 
 #[derive(Serialize, Deserialize)]
@@ -26,20 +28,14 @@ pub struct Report {
 const USERS: usize = 200;
 
 pub async fn worker(args: &ConnectArgs, index: usize, workers: usize) -> Result<Report> {
-    let urls: Vec<_> = args
-        .common
-        .url
-        .iter()
-        .map(|u| parse_url(u))
-        .collect::<Result<_>>()?;
+    let urls = targets(&args.common.url)?;
+    let codec = args.common.codec();
     let mut cookies = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let mut login = LoginClient::new(*url).await?;
-        let mut per_url = Vec::new();
-        for u in 0..USERS {
-            per_url.push(login.login(&format!("bench-w{index}-u{i}-{u}")).await?);
-        }
-        cookies.push(per_url);
+        let names = (0..USERS)
+            .map(|u| format!("bench-w{index}-u{i}-{u}"))
+            .collect();
+        cookies.push(login_all(*url, names, 1).await?);
     }
     let mine: Vec<usize> = (0..args.connections)
         .filter(|k| k % workers == index)
@@ -55,7 +51,13 @@ pub async fn worker(args: &ConnectArgs, index: usize, workers: usize) -> Result<
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let t0 = Instant::now();
-            let mut ws = ws_connect(target, source_for(target, k), &cookie).await?;
+            let options = WsOptions {
+                cookie: Some(&cookie),
+                codec: Some(codec),
+                source: source_for(target, k),
+                ..WsOptions::default()
+            };
+            let mut ws = ws_connect(target, options).await?;
             // The handshake ends with the welcome frame.
             let first = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?;
             anyhow::ensure!(matches!(first, Some(Ok(_))), "no welcome frame");

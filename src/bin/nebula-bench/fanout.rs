@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{LoginClient, parse_url, source_for, ws_connect};
+use nebula::client::{WsOptions, source_for, ws_connect};
+
 use crate::stats::{self, Latencies};
+use crate::wire::{self, Event, login_all, targets};
 use crate::{FanoutArgs, Summary, Workers};
 
 #[derive(Serialize, Deserialize, Default)]
@@ -52,44 +53,9 @@ struct Member {
     in_flight: std::collections::VecDeque<u64>,
 }
 
-fn number_after(s: &str, pat: &str) -> Option<u64> {
-    let i = s.find(pat)? + pat.len();
-    let digits = s[i..].bytes().take_while(u8::is_ascii_digit).count();
-    s[i..i + digits].parse().ok()
-}
-
-/// Logs in `names` at `target` over `parallel` keep-alive connections.
-async fn login_all(
-    target: std::net::SocketAddr,
-    names: Vec<String>,
-    parallel: usize,
-) -> Result<Vec<String>> {
-    let chunk = names.len().div_ceil(parallel).max(1);
-    let mut tasks = Vec::new();
-    for part in names.chunks(chunk).map(<[String]>::to_vec) {
-        tasks.push(tokio::spawn(async move {
-            let mut client = LoginClient::new(target).await?;
-            let mut cookies = Vec::new();
-            for name in part {
-                cookies.push(client.login(&name).await?);
-            }
-            anyhow::Ok(cookies)
-        }));
-    }
-    let mut cookies = Vec::new();
-    for t in tasks {
-        cookies.extend(t.await??);
-    }
-    Ok(cookies)
-}
-
 pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<Report> {
-    let urls: Vec<_> = args
-        .common
-        .url
-        .iter()
-        .map(|u| parse_url(u))
-        .collect::<Result<_>>()?;
+    let urls = targets(&args.common.url)?;
+    let codec = args.common.codec();
     let total = args.rooms * args.members;
     // This worker's members: every member of its rooms.
     let mine: Vec<(usize, usize)> = (0..args.rooms)
@@ -115,18 +81,19 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
         let gate = gate.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let mut ws = ws_connect(target, source_for(target, k), &cookie).await?;
-            let join = json!({"id": 1, "type": "join", "room": format!("fan{room}")});
-            ws.send(Message::Text(join.to_string().into())).await?;
+            let options = WsOptions {
+                cookie: Some(&cookie),
+                codec: Some(codec),
+                source: source_for(target, k),
+                ..WsOptions::default()
+            };
+            let mut ws = ws_connect(target, options).await?;
+            ws.send(wire::join(codec, 1, &format!("fan{room}"))).await?;
             loop {
                 let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
                     .await?
                     .context("closed")??;
-                if let Message::Text(t) = frame
-                    && t.as_str().contains("\"type\":\"joined\"")
-                {
-                    let offset =
-                        number_after(t.as_str(), "\"offset\":").context("joined offset")?;
+                if let Event::Joined { offset } = wire::decode(codec, &frame) {
                     return anyhow::Ok((ws, room, k, offset));
                 }
             }
@@ -172,38 +139,39 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
                 let deadline = if next_send < publish_until { next_send } else { read_until };
                 tokio::select! {
                     frame = ws.next() => {
-                        let Some(Ok(Message::Text(t))) = frame else {
-                            if matches!(frame, Some(Ok(_))) { continue } else { break }
-                        };
-                        let t = t.as_str();
-                        if t.starts_with("{\"type\":\"message\"") {
-                            let now = stats::now_us();
-                            let offset = number_after(t, "\"offset\":").unwrap_or(0);
-                            if offset < m.expected {
-                                m.duplicated += 1;
-                                continue;
-                            }
-                            m.gaps += offset - m.expected;
-                            m.expected = offset + 1;
-                            m.deliveries += 1;
-                            if let Some(sent) = number_after(t, "\"body\":\"t=") {
-                                let took = now.saturating_sub(sent).max(1);
-                                histogram.lock().expect("histogram").saturating_record(took);
-                                let publisher = number_after(t, ";p=").unwrap_or(k as u64) as usize;
-                                if publisher % url_count != k % url_count {
-                                    cross_histogram.lock().expect("histogram").saturating_record(took);
+                        let Some(Ok(frame)) = frame else { break };
+                        match wire::decode(codec, &frame) {
+                            Event::Delivered { offset, sent_us, publisher } => {
+                                let now = stats::now_us();
+                                if offset < m.expected {
+                                    m.duplicated += 1;
+                                    continue;
+                                }
+                                m.gaps += offset - m.expected;
+                                m.expected = offset + 1;
+                                m.deliveries += 1;
+                                if let Some(sent) = sent_us {
+                                    let took = now.saturating_sub(sent).max(1);
+                                    histogram.lock().expect("histogram").saturating_record(took);
+                                    let publisher = publisher.unwrap_or(k as u64) as usize;
+                                    if publisher % url_count != k % url_count {
+                                        cross_histogram.lock().expect("histogram").saturating_record(took);
+                                    }
                                 }
                             }
-                        } else if t.contains("\"type\":\"ack\"") {
-                            m.acked += 1;
-                            if let Some(sent) = m.in_flight.pop_front() {
-                                let took = stats::now_us().saturating_sub(sent).max(1);
-                                ack_histogram.lock().expect("histogram").saturating_record(took);
+                            Event::Ack { offset } => {
+                                m.acked += 1;
+                                if let Some(sent) = m.in_flight.pop_front() {
+                                    let took = stats::now_us().saturating_sub(sent).max(1);
+                                    ack_histogram.lock().expect("histogram").saturating_record(took);
+                                }
+                                m.max_acked = m.max_acked.max(offset);
                             }
-                            m.max_acked = m.max_acked.max(number_after(t, "\"offset\":").unwrap_or(0));
-                        } else if t.contains("\"type\":\"error\"") {
-                            m.errors += 1;
-                            m.in_flight.pop_front();
+                            Event::Error => {
+                                m.errors += 1;
+                                m.in_flight.pop_front();
+                            }
+                            Event::Joined { .. } | Event::Other => {}
                         }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
@@ -214,12 +182,11 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
                             // The body carries the scheduled time, not the actual one: a late send
                             // shows as latency (no coordinated omission).
                             let scheduled = go_us + (next_send - go).as_micros() as u64;
-                            let body = format!("t={scheduled};p={k};{padding}");
-                            let req = json!({"id": id, "type": "publish", "room": room_name, "body": body});
+                            let req = wire::publish(codec, id, &room_name, wire::body(scheduled, k, &padding));
                             id += 1;
                             m.published += 1;
                             m.in_flight.push_back(scheduled);
-                            if ws.send(Message::Text(req.to_string().into())).await.is_err() {
+                            if ws.send(req).await.is_err() {
                                 break;
                             }
                             next_send += interval;
@@ -303,6 +270,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         "failures": sum.failures,
         "rate": args.rate,
         "body_bytes": args.body_bytes,
+        "codec": if args.common.proto { "proto" } else { "json" },
         "duration_secs": secs,
         "published": sum.published,
         "acked": sum.acked,

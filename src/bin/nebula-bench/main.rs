@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! nebula-bench connect --url http://127.0.0.1:8080 --connections 19000 --duration 30s --server-pid PID
-//! nebula-bench fanout  --url URL[,URL...] --rooms 400 --members 50 --rate 1000 --body-bytes 100 --duration 30s
+//! nebula-bench fanout  --url URL[,URL...] --rooms 400 --members 50 --rate 1000 --body-bytes 100 --duration 30s [--proto]
 //! ```
 //!
 //! Sockets are spread over source addresses 127.0.0.2..9 and, past 18,000 connections, over
@@ -10,10 +10,10 @@
 //! same binary with `--worker I/W`; they report JSON on stdout and the parent merges it.
 #![forbid(unsafe_code)]
 
-mod client;
 mod connect;
 mod fanout;
 mod stats;
+mod wire;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -57,9 +57,22 @@ pub struct Common {
     /// Worker processes (default: one per 18,000 connections).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Speak Protobuf (subprotocol `nebula.v1.proto`) instead of JSON.
+    #[arg(long)]
+    pub proto: bool,
     /// Internal: this process is worker I of W.
     #[arg(long, hide = true)]
     pub worker: Option<String>,
+}
+
+impl Common {
+    pub fn codec(&self) -> nebula::protocol::Codec {
+        if self.proto {
+            nebula::protocol::Codec::Proto
+        } else {
+            nebula::protocol::Codec::Json
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

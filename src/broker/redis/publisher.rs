@@ -138,7 +138,7 @@ impl Publisher {
         self.batches += 1;
         let marker = keys::batch(&shared.node, self.batches);
         let deadline = shared.redis_now_ms() + DEADLINE.as_millis() as i64;
-        let ts = crate::now_ms().to_string();
+        let ts = crate::protocol::now_ms().to_string();
         let mut call = self.script.prepare_invoke();
         call.key(keys::EPOCH).key(keys::FEED).key(&marker);
         call.arg(&epoch)
