@@ -1,5 +1,6 @@
-// Nebula web chat: plain JS on the v1 JSON protocol (docs/PROTOCOL.md).
-// Every piece of user text is put in the page with textContent, never as HTML.
+// Nebula web chat: plain JS on the v1.1 JSON protocol (docs/PROTOCOL.md).
+// Every piece of user text is put in the page with textContent, never as HTML; links are
+// <a> elements whose href is checked to be http(s).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,10 +13,20 @@ const state = {
   current: null,
   retry: 0,
   connected: false,
+  // Messages written but not acknowledged yet, oldest first. Each keeps its idempotency key,
+  // so that a resend (after a lost ack or a refusal) is stored at most once.
+  outgoing: [],
 };
 
 function newRoom(name) {
-  return { name, last: 0, oldest: null, messages: new Map(), members: new Map(), unread: 0, joined: false, complete: false };
+  return {
+    name, last: 0, oldest: null, messages: new Map(), members: new Map(), unread: 0,
+    joined: false, complete: false, rendered: 0, firstUnseen: null,
+  };
+}
+
+function newKey() {
+  return (crypto.randomUUID && crypto.randomUUID()) || `${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
 
 // ---------- HTTP ----------
@@ -53,10 +64,12 @@ $("login-form").addEventListener("submit", async (e) => {
 $("logout").addEventListener("click", async () => {
   await api("/api/logout", {});
   state.rooms.clear();
+  state.outgoing = [];
   state.current = null;
   if (state.ws) { state.ws.onclose = null; state.ws.close(1000); }
   state.ws = null;
   localStorage.removeItem("nebula.rooms");
+  setDrawer(false);
   showLogin();
 });
 
@@ -89,7 +102,7 @@ function connect() {
   ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
   ws.onclose = (ev) => {
     state.connected = false;
-    for (const [, p] of state.pending) p.reject(new Error("disconnected"));
+    for (const [, p] of state.pending) p.reject(Object.assign(new Error("disconnected"), { code: "offline" }));
     state.pending.clear();
     for (const room of state.rooms.values()) room.joined = false;
     if (ev.code === 1008) { showLogin(); return; }
@@ -108,7 +121,10 @@ function connect() {
 
 function request(msg) {
   return new Promise((resolve, reject) => {
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) { reject(new Error("offline")); return; }
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      reject(Object.assign(new Error("offline"), { code: "offline" }));
+      return;
+    }
     const id = state.nextId++;
     state.pending.set(id, { resolve, reject });
     state.ws.send(JSON.stringify({ ...msg, id }));
@@ -128,13 +144,18 @@ function onFrame(f) {
       state.connected = true;
       state.retry = 0;
       setStatus("online", `online · ${f.node}`);
-      for (const room of state.rooms.values()) joinRoom(room.name);
+      rejoinAll();
       break;
     case "message": addMessages(f.room, [f], true); break;
     case "member_joined": memberChange(f.room, f.user, true); break;
     case "member_left": memberChange(f.room, f.user, false); break;
     case "error": notice(f.message); break;
   }
+}
+
+async function rejoinAll() {
+  await Promise.all([...state.rooms.keys()].map(joinRoom));
+  flushOutgoing();
 }
 
 // ---------- Rooms ----------
@@ -152,10 +173,12 @@ async function joinRoom(name) {
       room.messages.clear();
       room.oldest = null;
       room.complete = false;
+      room.rendered = 0;
     }
     room.members = new Map(r.members.map((u) => [u.id, u]));
     addMessages(name, r.messages, false);
-    room.last = Math.max(room.last, r.offset);
+    // A reply too large for one frame says `more`: the rest comes page by page, in order.
+    if (r.more) await pageAfter(room, r.messages);
     if (r.offset === 0 || (room.oldest !== null && room.oldest <= 1)) room.complete = true;
     renderRooms();
     if (name === state.current) renderRoom();
@@ -164,8 +187,20 @@ async function joinRoom(name) {
   }
 }
 
+/// Reads the messages after the last of `page` until the server says there are no more.
+async function pageAfter(room, page) {
+  let after = page.length ? page[page.length - 1].offset : room.last;
+  for (;;) {
+    const r = await request({ type: "history", room: room.name, after, limit: 200 });
+    addMessages(room.name, r.messages, false);
+    if (!r.more || r.messages.length === 0) return;
+    after = r.messages[r.messages.length - 1].offset;
+  }
+}
+
 async function leaveRoom(name) {
   state.rooms.delete(name);
+  state.outgoing = state.outgoing.filter((o) => o.room !== name);
   saveRooms();
   try { await request({ type: "leave", room: name }); } catch (_) { /* offline: nothing to leave */ }
   if (state.current === name) state.current = state.rooms.keys().next().value || null;
@@ -181,17 +216,31 @@ function addMessages(name, msgs, live) {
   const room = state.rooms.get(name);
   if (!room) return;
   let added = 0;
+  let appendable = name === state.current;
   for (const m of msgs) {
     if (room.messages.has(m.offset)) continue;   // never shown twice
+    // A live message that follows the last one shown is appended; anything else re-renders.
+    appendable = appendable && live && m.offset === room.rendered + 1;
     room.messages.set(m.offset, m);
     room.last = Math.max(room.last, m.offset);
     room.oldest = room.oldest === null ? m.offset : Math.min(room.oldest, m.offset);
     added += 1;
+    if (live && m.user.id !== state.me.id && (name !== state.current || !atBottom())) {
+      room.unread += 1;
+      if (room.firstUnseen === null) room.firstUnseen = m.offset;
+    }
   }
   if (room.oldest !== null && room.oldest <= 1) room.complete = true;
   if (!added) return;
-  if (name === state.current) renderMessages(live);
-  else if (live) { room.unread += added; renderRooms(); }
+  if (name !== state.current) { if (live) renderRooms(); return; }
+  if (appendable) {
+    const stick = atBottom();
+    for (const m of msgs) appendMessage(room, m);
+    if (stick) scrollToEnd(false); else showNewMarker(room);
+  } else {
+    renderMessages(live);
+  }
+  renderTitle();
 }
 
 function memberChange(name, user, present) {
@@ -210,7 +259,7 @@ function memberChange(name, user, present) {
 
 async function loadOlder() {
   const room = state.rooms.get(state.current);
-  if (!room || room.complete || room.loadingOlder) return;
+  if (!room || room.complete || room.loadingOlder || !room.joined) return;
   room.loadingOlder = true;
   const box = $("messages");
   const fromBottom = box.scrollHeight - box.scrollTop;
@@ -220,6 +269,7 @@ async function loadOlder() {
     const r = await request(req);
     if (r.messages.length === 0) room.complete = true;
     addMessages(room.name, r.messages, false);
+    if (r.more) await pageAfter(room, r.messages);
     if (room.oldest !== null && room.oldest <= 1) room.complete = true;
     renderMessages(false);
     box.scrollTop = box.scrollHeight - fromBottom;
@@ -230,11 +280,67 @@ async function loadOlder() {
   }
 }
 
+// ---------- Sending ----------
+async function send() {
+  const box = $("body");
+  const body = box.value;
+  if (!body.trim() || !state.current) return;
+  box.value = "";
+  autosize();
+  state.outgoing.push({ room: state.current, body, key: newKey(), status: "sending", tries: 0 });
+  renderOutgoing();
+  flushOutgoing();
+}
+
+/// Sends every outgoing message not in flight, in order, each with its own key. An ack
+/// removes it (its push shows it); a refusal keeps it, to be sent again with the same key.
+async function flushOutgoing() {
+  if (!state.connected) return;
+  for (const o of state.outgoing) {
+    if (o.inFlight || o.status === "failed") continue;
+    const room = state.rooms.get(o.room);
+    if (!room || !room.joined) continue;
+    o.inFlight = true;
+    o.tries += 1;
+    request({ type: "publish", room: o.room, body: o.body, key: o.key })
+      .then(() => {
+        state.outgoing = state.outgoing.filter((x) => x !== o);
+        renderOutgoing();
+      })
+      .catch((e) => {
+        o.inFlight = false;
+        if (e.code === "offline") { o.status = "sending"; renderOutgoing(); return; }  // resent after the rejoin
+        if (e.code === "rate_limited" || e.code === "unavailable") {
+          o.status = e.code === "rate_limited" ? "slow down…" : "retrying…";
+          if (o.tries < 8) setTimeout(flushOutgoing, 1000 * Math.min(o.tries, 5));
+          else o.status = "failed";
+        } else {
+          o.status = "failed";
+          notice(`not sent: ${e.message}`);
+        }
+        renderOutgoing();
+      });
+  }
+}
+
+function retryOutgoing(o) {
+  o.status = "sending";
+  o.tries = 0;
+  renderOutgoing();
+  flushOutgoing();
+}
+
 // ---------- Rendering ----------
 function colorFor(id) {
   let h = 0;
   for (const c of id) h = (h * 31 + c.charCodeAt(0)) % 360;
   return `hsl(${h} 70% 70%)`;
+}
+
+function renderTitle() {
+  const total = [...state.rooms.values()].reduce((n, r) => n + r.unread, 0);
+  document.title = total > 0 ? `(${total}) Nebula chat` : "Nebula chat";
+  $("unread-total").textContent = total > 0 ? String(total) : "";
 }
 
 function renderRooms() {
@@ -243,6 +349,7 @@ function renderRooms() {
   for (const room of state.rooms.values()) {
     const li = document.createElement("li");
     li.className = room.name === state.current ? "active" : "";
+    li.dataset.room = room.name;
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = `# ${room.name}`;
@@ -260,9 +367,10 @@ function renderRooms() {
     leave.textContent = "×";
     leave.addEventListener("click", (e) => { e.stopPropagation(); leaveRoom(room.name); });
     li.appendChild(leave);
-    li.addEventListener("click", () => { state.current = room.name; room.unread = 0; renderRooms(); renderRoom(); });
+    li.addEventListener("click", () => { state.current = room.name; setDrawer(false); renderRooms(); renderRoom(); });
     ul.appendChild(li);
   }
+  renderTitle();
 }
 
 function renderMembers() {
@@ -285,50 +393,148 @@ function renderRoom() {
   renderMembers();
   renderMessages(false);
   scrollToEnd(false);
+  if (room) seen(room);
+}
+
+/// Puts `text` into `el`, with http(s) links as <a> elements: text nodes and checked hrefs
+/// only, so a message can never inject markup.
+function linkify(el, text) {
+  const re = /\bhttps?:\/\/[^\s<>"']+/g;
+  let at = 0;
+  for (const match of text.matchAll(re)) {
+    let url = match[0].replace(/[.,;:!?)\]]+$/, "");
+    if (match.index > at) el.appendChild(document.createTextNode(text.slice(at, match.index)));
+    let href = null;
+    try {
+      const u = new URL(url);
+      if (u.protocol === "http:" || u.protocol === "https:") href = u.href;
+    } catch (_) { /* not a URL after all */ }
+    if (href) {
+      const a = document.createElement("a");
+      a.href = href;
+      a.textContent = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer nofollow";
+      el.appendChild(a);
+    } else {
+      el.appendChild(document.createTextNode(url));
+    }
+    at = match.index + url.length;
+  }
+  if (at < text.length) el.appendChild(document.createTextNode(text.slice(at)));
+}
+
+function messageItem(m, prev) {
+  const li = document.createElement("li");
+  const cont = prev && prev.user.id === m.user.id && m.ts - prev.ts < 5 * 60 * 1000 && prev.offset === m.offset - 1;
+  li.className = "msg" + (cont ? " cont" : "") + (m.user.id === state.me.id ? " mine" : "");
+  li.dataset.offset = m.offset;
+  const avatar = document.createElement("div");
+  avatar.className = "avatar";
+  avatar.style.background = colorFor(m.user.id);
+  avatar.textContent = (m.user.name[0] || "?").toUpperCase();
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = m.user.name;
+  const time = document.createElement("time");
+  time.dateTime = new Date(m.ts).toISOString();
+  time.textContent = new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  meta.append(who, time);
+  const text = document.createElement("div");
+  text.className = "text";
+  linkify(text, m.body);
+  li.append(avatar, meta, text);
+  return li;
+}
+
+function unseenDivider() {
+  const li = document.createElement("li");
+  li.className = "divider";
+  li.id = "unseen";
+  li.textContent = "new messages";
+  return li;
+}
+
+function appendMessage(room, m) {
+  const list = $("message-list");
+  const prev = room.messages.get(m.offset - 1);
+  if (room.firstUnseen === m.offset && !$("unseen")) list.appendChild(unseenDivider());
+  list.appendChild(messageItem(m, prev));
+  room.rendered = m.offset;
 }
 
 function renderMessages(live) {
   const room = state.rooms.get(state.current);
   const list = $("message-list");
-  const box = $("messages");
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+  const stick = atBottom();
   list.replaceChildren();
   $("older").hidden = !room || room.complete;
-  if (!room) return;
+  if (!room) { renderOutgoing(); return; }
   const msgs = [...room.messages.values()].sort((a, b) => a.offset - b.offset);
   let prev = null;
   for (const m of msgs) {
-    const li = document.createElement("li");
-    const cont = prev && prev.user.id === m.user.id && m.ts - prev.ts < 5 * 60 * 1000 && prev.offset === m.offset - 1;
-    li.className = "msg" + (cont ? " cont" : "") + (m.user.id === state.me.id ? " mine" : "");
-    li.dataset.offset = m.offset;
-    const avatar = document.createElement("div");
-    avatar.className = "avatar";
-    avatar.style.background = colorFor(m.user.id);
-    avatar.textContent = (m.user.name[0] || "?").toUpperCase();
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    const who = document.createElement("span");
-    who.className = "who";
-    who.textContent = m.user.name;
-    const time = document.createElement("time");
-    time.dateTime = new Date(m.ts).toISOString();
-    time.textContent = new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    meta.append(who, time);
-    const text = document.createElement("div");
-    text.className = "text";
-    text.textContent = m.body;
-    li.append(avatar, meta, text);
-    list.appendChild(li);
+    if (room.firstUnseen === m.offset) list.appendChild(unseenDivider());
+    list.appendChild(messageItem(m, prev));
     prev = m;
   }
-  if (atBottom || !live) scrollToEnd(false);
+  room.rendered = msgs.length ? msgs[msgs.length - 1].offset : 0;
+  renderOutgoing();
+  if (stick || !live) scrollToEnd(false);
+}
+
+/// The messages of this room that are written but not acknowledged, below the list.
+function renderOutgoing() {
+  const ul = $("outgoing");
+  ul.replaceChildren();
+  for (const o of state.outgoing.filter((x) => x.room === state.current)) {
+    const li = document.createElement("li");
+    li.className = "pending";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = o.body;
+    const status = document.createElement("span");
+    status.className = "state";
+    status.textContent = o.status;
+    li.append(text, status);
+    if (o.status === "failed") {
+      const again = document.createElement("button");
+      again.type = "button";
+      again.className = "link";
+      again.textContent = "retry";
+      again.addEventListener("click", () => retryOutgoing(o));
+      li.appendChild(again);
+    }
+    ul.appendChild(li);
+  }
+}
+
+function atBottom() {
+  const box = $("messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 60;
 }
 
 function scrollToEnd(onlyIfNear) {
   const box = $("messages");
   if (onlyIfNear && box.scrollHeight - box.scrollTop - box.clientHeight > 120) return;
   box.scrollTop = box.scrollHeight;
+  const room = state.rooms.get(state.current);
+  if (room) seen(room);
+}
+
+function showNewMarker(room) {
+  $("new-marker").hidden = room.unread === 0;
+  $("new-marker").textContent = `${room.unread} new message${room.unread === 1 ? "" : "s"} ↓`;
+  renderRooms();
+}
+
+/// The current room is read up to its end: its unread count goes.
+function seen(room) {
+  if (!atBottom()) return;
+  room.firstUnseen = null;
+  if (room.unread > 0) { room.unread = 0; renderRooms(); }
+  $("new-marker").hidden = true;
 }
 
 function notice(text) {
@@ -336,6 +542,14 @@ function notice(text) {
   clearTimeout(notice.timer);
   notice.timer = setTimeout(() => { $("notice").textContent = ""; }, 5000);
 }
+
+// ---------- Layout (the room and member lists are a drawer on a phone) ----------
+function setDrawer(open) {
+  $("app").classList.toggle("drawer-open", open);
+  $("menu").setAttribute("aria-expanded", String(open));
+}
+$("menu").addEventListener("click", () => setDrawer(!$("app").classList.contains("drawer-open")));
+$("scrim").addEventListener("click", () => setDrawer(false));
 
 // ---------- Input ----------
 $("join-form").addEventListener("submit", (e) => {
@@ -345,26 +559,11 @@ $("join-form").addEventListener("submit", (e) => {
   $("join-room").value = "";
   state.current = name;
   if (!state.rooms.has(name)) state.rooms.set(name, newRoom(name));
+  setDrawer(false);
   renderRooms();
   renderRoom();
   if (state.connected) joinRoom(name);
 });
-
-async function send() {
-  const box = $("body");
-  const body = box.value;
-  if (!body.trim() || !state.current) return;
-  box.value = "";
-  autosize();
-  // The key makes a resend after a reconnect safe: the server stores it once.
-  const key = (crypto.randomUUID && crypto.randomUUID()) || String(Math.random()).slice(2);
-  try {
-    await request({ type: "publish", room: state.current, body, key });
-  } catch (e) {
-    box.value = body;
-    notice(e.code === "rate_limited" ? "Slow down a little." : `not sent: ${e.message}`);
-  }
-}
 
 $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
 $("body").addEventListener("keydown", (e) => {
@@ -374,9 +573,15 @@ function autosize() {
   const t = $("body");
   t.style.height = "auto";
   t.style.height = `${Math.min(t.scrollHeight, 128)}px`;
+  t.style.overflowY = t.scrollHeight > 128 ? "auto" : "hidden";
 }
 $("body").addEventListener("input", autosize);
 $("older").addEventListener("click", loadOlder);
-$("messages").addEventListener("scroll", () => { if ($("messages").scrollTop < 40) loadOlder(); });
+$("new-marker").addEventListener("click", () => scrollToEnd(false));
+$("messages").addEventListener("scroll", () => {
+  if ($("messages").scrollTop < 40) loadOlder();
+  const room = state.rooms.get(state.current);
+  if (room) seen(room);
+});
 
 start();

@@ -34,6 +34,16 @@ async fn two_people_chat_in_headless_chromium_and_survive_a_kill_9() -> Result<(
     let dir = tempfile::tempdir()?;
     let mut p = NebulaProcess::start(dir.path(), &[])?;
     let addr = p.addr;
+    // A room of 60 messages of 4,095 control characters each: in JSON each escapes to 24 KiB,
+    // so the page's join gets `more` and must page for the rest.
+    let mut heavy = Client::login(addr, "Dora").await?;
+    heavy.join("heavy").await?;
+    for i in 1..=60 {
+        let body = format!("{}{i:02}", "\u{1}".repeat(4094));
+        let ack = heavy.publish("heavy", &body).await?;
+        ensure!(ack["type"] == "ack", "heavy publish {i}: {ack}");
+    }
+    drop(heavy);
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(browser_dir.join("chat.py"))
         .env("BASE_URL", format!("http://{addr}"))

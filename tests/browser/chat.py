@@ -21,9 +21,15 @@ CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT = 20
 
 
-def browser(width=1100, height=700):
+def browser(width=1100, height=700, phone=False):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
+    if phone:
+        # A phone's viewport (iPhone 12-14 class): the layout must adapt.
+        opts.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3},
+            "userAgent": "Mozilla/5.0 (Linux; Android 14) Mobile Safari/537.36",
+        })
     for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
@@ -75,6 +81,33 @@ def shows(driver, text):
     wait(driver, SHOWS, text)
 
 
+def click_room(driver, room):
+    driver.find_element(By.CSS_SELECTOR, f"#rooms li[data-room='{room}']").click()
+
+
+def unread(driver, room):
+    return driver.execute_script(
+        "const b = document.querySelector(`#rooms li[data-room='${arguments[0]}'] .unread`);"
+        "return b ? b.textContent : '';", room)
+
+
+DRAWER_OPEN = "return document.getElementById('sidebar').getBoundingClientRect().left === 0"
+DRAWER_SHUT = "return document.getElementById('sidebar').getBoundingClientRect().right <= 0"
+
+
+def open_drawer(driver):
+    """Opens the phone's drawer and waits until it has slid in (a click during the slide
+    would land elsewhere)."""
+    driver.find_element(By.ID, "menu").click()
+    wait(driver, DRAWER_OPEN)
+
+
+def offscreen(driver, element_id):
+    return driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return r.right <= 0 || r.left >= window.innerWidth;", element_id)
+
+
 def severe_console_errors(driver):
     """Script errors and policy violations (a failed request, such as the reconnect attempts
     while the server is down or /api/me's 401 before login, is not one)."""
@@ -116,8 +149,33 @@ def main():
         assert a == b, (a, b)
         assert len(set(a)) == len(a), a
 
+        # Links are clickable and safe: an http(s) URL becomes an <a>, a javascript: one stays text.
+        say(bob, "see https://example.com/docs?x=1. and javascript:alert(2)")
+        shows(alice, "see https://example.com/docs?x=1. and javascript:alert(2)")
+        hrefs = alice.execute_script(
+            "return [...document.querySelectorAll('#message-list .text a')].map((a) => a.href)")
+        assert hrefs == ["https://example.com/docs?x=1"], hrefs
+        rel = alice.execute_script("return document.querySelector('#message-list .text a').rel")
+        assert "noopener" in rel, rel
+
         if os.environ.get("SCREENSHOT"):
             alice.save_screenshot(os.environ["SCREENSHOT"])
+
+        # A room whose last 50 messages do not fit one reply (each escapes to 24 KiB in JSON):
+        # the join says `more`, the page reads the rest with `history` `after`, each once.
+        join(alice, "heavy")
+        wait(alice, "return document.querySelectorAll('#message-list .msg').length === 50", timeout=30)
+        heavy = alice.execute_script(
+            "return [...document.querySelectorAll('#message-list .msg')].map((li) => Number(li.dataset.offset))")
+        assert heavy == list(range(11, 61)), heavy
+
+        # Unread counts: a message in a room that is not shown counts, until the room is opened.
+        say(bob, "while you were in heavy")
+        wait(alice, "return document.querySelector(\"#rooms li[data-room='team'] .unread\") !== null")
+        assert unread(alice, "team") == "1", unread(alice, "team")
+        click_room(alice, "team")
+        shows(alice, "while you were in heavy")
+        assert unread(alice, "team") == "", "opening the room clears its count"
 
         # The HTMX dashboard loads its figures by itself and shows this node's connections.
         alice.switch_to.new_window("tab")
@@ -147,6 +205,30 @@ def main():
         assert a2 == b2, (a2, b2)
         assert len(set(a2)) == len(a2), f"a message is shown twice: {a2}"
         assert a2[:len(a)] == a, "history kept its order"
+
+        # On a phone the room and member lists are behind the menu: joining, chatting, the
+        # members and logging out all work there.
+        carol = browser(phone=True)
+        try:
+            person(carol, "Carol")
+            assert offscreen(carol, "sidebar"), "the sidebar is a closed drawer on a phone"
+            open_drawer(carol)
+            join(carol, "team")
+            wait(carol, DRAWER_SHUT)
+            shows(carol, "back again")
+            say(carol, "hello from a phone")
+            shows(alice, "hello from a phone")
+            shows(bob, "hello from a phone")
+            open_drawer(carol)
+            wait(carol, MEMBER, "Alice")
+            wait(carol, MEMBER, "Bob")
+            if os.environ.get("SCREENSHOT"):
+                carol.save_screenshot(os.environ["SCREENSHOT"].replace(".png", "-phone.png"))
+            carol.find_element(By.ID, "logout").click()
+            wait(carol, "return !document.getElementById('login').hidden")
+            assert severe_console_errors(carol) == []
+        finally:
+            carol.quit()
         for page in (alice, bob):
             errors = severe_console_errors(page)
             assert errors == [], errors
