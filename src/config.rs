@@ -77,6 +77,9 @@ pub struct Config {
     /// is closed with 4008 (slow consumer).
     #[arg(long, env = "NEBULA_OUTBOX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub outbox_bytes: usize,
+    /// Seconds between WebSocket pings; a peer silent for three of them is closed with 4000.
+    #[arg(long, env = "NEBULA_PING_INTERVAL", default_value_t = 25)]
+    pub ping_interval: u64,
     /// Publishes the store writer may hold before new ones get `unavailable`.
     #[arg(long, env = "NEBULA_WRITER_QUEUE", default_value_t = 10_000)]
     pub writer_queue: usize,
@@ -160,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("fsync", &self.fsync)
             .field("recovery_window", &self.recovery_window)
             .field("outbox_bytes", &self.outbox_bytes)
+            .field("ping_interval", &self.ping_interval)
             .field("writer_queue", &self.writer_queue)
             .finish_non_exhaustive()
     }

@@ -81,7 +81,7 @@ impl Room {
         let latency = crate::protocol::now_ms().saturating_sub(message.ts);
         let encoded = Encoded::new(message);
         self.record(&encoded);
-        let queued = self.broadcast(|codec| encoded.push(codec), None, metrics);
+        let queued = self.broadcast(|codec| encoded.push(codec), None);
         metrics.messages_delivered.inc_by(queued);
         Metrics::observe(&metrics.delivery_latency, Duration::from_millis(latency));
         if jumped {
@@ -109,19 +109,15 @@ impl Room {
         &self,
         mut frame_for: impl FnMut(Codec) -> Frame,
         except: Option<ConnId>,
-        metrics: &Metrics,
     ) -> u64 {
         let mut queued = 0;
         for (conn, member) in &self.members {
             if Some(*conn) == except {
                 continue;
             }
-            match member.outbox.send(frame_for(member.outbox.codec)) {
-                Sent::Queued => queued += 1,
-                Sent::Overflowed => {
-                    metrics.slow_consumers.inc();
-                }
-                Sent::Gone => {}
+            // An overflow closes that member with 4008 (counted when its session ends).
+            if member.outbox.send(frame_for(member.outbox.codec)) == Sent::Queued {
+                queued += 1;
             }
         }
         queued

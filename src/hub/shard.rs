@@ -219,7 +219,7 @@ impl Shard {
             if !remote.is_some_and(|r| r.contains(&user.id)) {
                 let mut event =
                     PerCodec::new(|c| c.member_event(MemberEvent::Joined, &name, &user));
-                room.broadcast(|c| event.get(c), Some(conn), &self.ctx.metrics);
+                room.broadcast(|c| event.get(c), Some(conn));
             }
         }
     }
@@ -231,7 +231,7 @@ impl Shard {
             self.ctx.broker.presence(name, &user, false);
             if !self.remote.get(name).is_some_and(|r| r.contains(&user.id)) {
                 let mut event = PerCodec::new(|c| c.member_event(MemberEvent::Left, name, &user));
-                room.broadcast(|c| event.get(c), None, &self.ctx.metrics);
+                room.broadcast(|c| event.get(c), None);
             }
         }
         self.forget_if_idle(name);
@@ -298,7 +298,7 @@ impl Shard {
                 MemberEvent::Left
             };
             let mut event = PerCodec::new(|c| c.member_event(kind, &name, &user));
-            room.broadcast(|c| event.get(c), None, &self.ctx.metrics);
+            room.broadcast(|c| event.get(c), None);
         }
     }
 }

@@ -156,6 +156,7 @@ impl Nebula {
             metrics: metrics.clone(),
             node_id: node_id.clone(),
             outbox_bytes: config.outbox_bytes,
+            ping_interval: Duration::from_secs(config.ping_interval.max(1)),
         });
         let listener = listen(config.listen)?;
         let addr = listener.local_addr()?;

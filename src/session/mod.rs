@@ -24,17 +24,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::User;
 use crate::broker::SharedBroker;
-use crate::conn::{Closer, ConnId, Outbox};
+use crate::conn::{Closer, ConnId, Ending, Outbox};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{Codec, MAX_FRAME_BYTES};
+use crate::protocol::{CloseCode, Codec, MAX_FRAME_BYTES};
 use crate::store::Store;
 
 /// How long a closing session waits for a client to take the close frame and answer it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// Interval of WebSocket pings; a peer silent for three intervals is closed with 4000.
-pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// How long a request waits for the writer to drain before its reply fits the outbound budget;
 /// past it the client is a slow consumer (4008).
 pub const BUDGET_PATIENCE: Duration = Duration::from_secs(5);
@@ -62,6 +60,9 @@ pub struct SessionContext {
     pub node_id: Arc<str>,
     /// Each connection's outbound budget in bytes (`--outbox-bytes`).
     pub outbox_bytes: usize,
+    /// Interval of WebSocket pings (`--ping-interval`); a peer silent for three intervals is
+    /// closed with 4000.
+    pub ping_interval: Duration,
 }
 
 /// One connection's identity and settings.
@@ -89,11 +90,15 @@ pub async fn run(
     let (sink, stream) = socket.split();
     let valid_for = Duration::from_secs(info.expires_at.saturating_sub(crate::auth::now_secs()));
     let expiry = tokio::time::Instant::now() + valid_for;
-    let writer = tracker.spawn(writer::run(sink, rx, expiry));
+    let writer = tracker.spawn(writer::run(sink, rx, expiry, ctx.ping_interval));
+    let closer_view = outbox.clone();
     let mut reader = reader::Reader::new(ctx.clone(), info.user, outbox);
     reader.run(stream).await;
     if let Err(e) = writer.await {
         tracing::warn!(error = %e, "session writer panicked");
+    }
+    if closer_view.closer().ending() == Ending::Close(CloseCode::SlowConsumer) {
+        ctx.metrics.slow_consumers.inc();
     }
     ctx.metrics.connections.dec();
 }

@@ -12,7 +12,7 @@ use futures_util::stream::SplitStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use super::{BUDGET_PATIENCE, CLOSE_GRACE, PING_INTERVAL, SessionContext, Socket};
+use super::{BUDGET_PATIENCE, CLOSE_GRACE, SessionContext, Socket};
 use crate::auth::User;
 use crate::broker::{Publish, PublishOutcome};
 use crate::conn::{Ending, Outbox};
@@ -73,7 +73,7 @@ impl Reader {
     async fn read_loop(&mut self, stream: &mut SplitStream<Socket>) {
         let closed = self.outbox.closer().closed_owned();
         tokio::pin!(closed);
-        let idle_limit = PING_INTERVAL * 3;
+        let idle_limit = self.ctx.ping_interval * 3;
         loop {
             let next = tokio::select! {
                 biased;

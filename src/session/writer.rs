@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
-use super::{CLOSE_GRACE, PING_INTERVAL, Socket};
+use super::{CLOSE_GRACE, Socket};
 use crate::conn::{Ending, OutboxReceiver};
 use crate::protocol::CloseCode;
 
@@ -18,10 +18,11 @@ pub(super) async fn run(
     mut sink: SplitSink<Socket, WsMessage>,
     mut rx: OutboxReceiver,
     expiry: tokio::time::Instant,
+    ping_interval: std::time::Duration,
 ) {
     let closed = rx.closer().closed_owned();
     tokio::pin!(closed);
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut ping = tokio::time::interval(ping_interval);
     ping.reset();
     // The session cookie's lifetime also bounds the connection: then it closes with 1008.
     let expired = tokio::time::sleep_until(expiry);

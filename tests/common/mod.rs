@@ -322,7 +322,11 @@ impl NebulaProcess {
         })
     }
 
-    /// Sends a real signal (`TERM`, `INT`, `KILL`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a real signal (`TERM`, `INT`, `KILL`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) -> Result<()> {
         let status = std::process::Command::new("kill")
             .arg(format!("-{name}"))
@@ -455,5 +459,222 @@ impl Client {
             msgs.extend(all);
             all = msgs;
         }
+    }
+}
+
+/// A WebSocket client that writes raw frames (those a WebSocket library refuses to send:
+/// invalid UTF-8, reserved bits, fragmented control frames...) and reads the server's frames
+/// as they are. It never answers pings by itself.
+pub struct RawWs {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The close code and reason of a close frame.
+    pub fn close(&self) -> Option<(u16, String)> {
+        (self.opcode == 8 && self.payload.len() >= 2).then(|| {
+            (
+                u16::from_be_bytes([self.payload[0], self.payload[1]]),
+                String::from_utf8_lossy(&self.payload[2..]).into_owned(),
+            )
+        })
+    }
+
+    pub fn text(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+impl RawWs {
+    /// Upgrades a fresh TCP connection by hand (subprotocol JSON) and reads the `welcome`.
+    pub async fn connect(addr: SocketAddr, cookie: &str) -> Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: nebula.v1.json\r\nCookie: {cookie}\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await??;
+            anyhow::ensure!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        let mut ws = RawWs {
+            stream,
+            buf: buf[end..].to_vec(),
+        };
+        let welcome = ws.next_frame().await?;
+        anyhow::ensure!(welcome.text()["type"] == "welcome", "{welcome:?}");
+        Ok(ws)
+    }
+
+    /// Encodes a client frame (masked) with the given first byte (FIN, RSV bits, opcode).
+    pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Writes raw bytes (one or several frames in one write).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Sends a final text frame.
+    pub async fn text(&mut self, text: &str) -> Result<()> {
+        self.write(&RawWs::frame(0x81, text.as_bytes())).await
+    }
+
+    /// The next frame from the server, or an error when the connection ends first.
+    pub async fn next_frame(&mut self) -> Result<RawFrame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .context("timed out waiting for a frame")??;
+            if n == 0 {
+                bail!("connection ended");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code and reason.
+    pub async fn expect_close(&mut self) -> Result<(u16, String)> {
+        loop {
+            let f = self.next_frame().await?;
+            if let Some(c) = f.close() {
+                return Ok(c);
+            }
+        }
+    }
+
+    /// Waits until the server closes the TCP connection (read returns 0 or an error).
+    pub async fn expect_eof(&mut self, within: Duration) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => bail!("the server kept the connection open for {within:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let opcode = buf[0] & 0x0f;
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    if buf[1] & 0x80 != 0 {
+        at += 4; // A server never masks; tolerate it anyway.
+    }
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some((
+        RawFrame {
+            fin,
+            opcode,
+            payload,
+        },
+        at + len,
+    ))
+}
+
+/// The number of open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A metric's value from a server's `/metrics` (the first sample with that exact name).
+pub async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
+    let m = http(addr, "GET", "/metrics", &[], "").await?;
+    m.body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .with_context(|| format!("{name} is not in /metrics"))
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
