@@ -146,6 +146,8 @@ pub async fn login(addr: SocketAddr, name: &str) -> Result<String> {
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub user: Value,
+    /// The id of the node that serves this connection (from `welcome`).
+    pub node: String,
     next_id: u64,
     /// Pushes received while waiting for a reply.
     pub backlog: std::collections::VecDeque<Value>,
@@ -186,6 +188,7 @@ impl Client {
         let mut c = Client {
             ws,
             user: Value::Null,
+            node: String::new(),
             next_id: 1,
             backlog: Default::default(),
         };
@@ -194,6 +197,7 @@ impl Client {
             bail!("expected welcome, got {welcome}");
         }
         c.user = welcome["user"].clone();
+        c.node = welcome["node"].as_str().unwrap_or_default().to_string();
         Ok(c)
     }
 
