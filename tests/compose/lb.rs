@@ -19,19 +19,26 @@ pub type Log = BTreeMap<u64, String>;
 
 /// A client logged in as `name` whose WebSocket, opened through the LB, is served by `node`:
 /// the LB chooses, so it connects again (holding the misses, so that the LB moves on) until it
-/// lands there.
+/// lands there. A replica that just became ready may need one more LB health check (1 s).
 pub async fn client_on(lb: SocketAddr, name: &str, node: &str) -> Result<Client> {
     let cookie = login(lb, name).await?;
+    let start = Instant::now();
     let mut misses = Vec::new();
-    for _ in 0..20 {
+    loop {
         let c = Client::connect(lb, &cookie).await?;
         if c.node == node {
             return Ok(c);
         }
         misses.push(c);
+        if misses.len() == 6 {
+            let seen: Vec<String> = misses.drain(..).map(|c| c.node).collect();
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "for 10 s, connections through the LB reached {seen:?}, never {node}"
+            );
+            sleep(Duration::from_millis(250)).await;
+        }
     }
-    let seen: Vec<&str> = misses.iter().map(|c| c.node.as_str()).collect();
-    bail!("20 connections through the LB, none on {node}: {seen:?}")
 }
 
 /// One history per replica, each read by a client that the replica serves.
