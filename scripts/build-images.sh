@@ -38,6 +38,7 @@ done
 
 command -v docker >/dev/null || { echo "missing: docker (the Docker CLI)" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "missing: a running Docker daemon (docker info fails)" >&2; exit 1; }
+command -v strip >/dev/null || { echo "missing: strip (apt-get install binutils)" >&2; exit 1; }
 
 scratch=$(mktemp -d /tmp/nebula-images.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
@@ -147,5 +148,6 @@ step "build nebula/nebula:$tag from $binary (stripped: $(du -h "$scratch/nebula/
 build "nebula/nebula:$tag" "$scratch/nebula"
 
 step "done"
-docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \
-  | grep -E "^($base|nebula/(nebula|redis|haproxy|prometheus):$tag)\b" | sort | column -t
+docker image ls --format 'table {{.Repository}}:{{.Tag}}\t{{.Size}}' \
+  | grep -E "^(IMAGE|REPOSITORY|$base|nebula/(nebula|redis|haproxy|prometheus):$tag)\b"
+echo "(every size includes the shared base layer)"
