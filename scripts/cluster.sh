@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The docker-compose topology as local processes: one Redis (AOF, appendfsync always) and three
-# Nebula nodes on 127.0.0.1:8081..8083, each with its own data dir under $CLUSTER_DIR.
+# The cluster of docker-compose.yml as local processes, without its load balancer: one Redis
+# (AOF, appendfsync always) and three Nebula nodes on 127.0.0.1:8081..8083, each with its own
+# data dir under $CLUSTER_DIR.
 #
 #   scripts/cluster.sh            start, print the URLs, wait; Ctrl-C stops everything cleanly
 #   scripts/cluster.sh start      start in the background (PIDs in $CLUSTER_DIR/pids)

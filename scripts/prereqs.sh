@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Nebula's tests need on Debian when it is missing: redis-server, Debian's
 # Chromium and its WebDriver (chromium-driver), and Selenium's Python client (PyPI) for the
-# browser test. Nothing comes from npm. Fails loudly when it cannot.
+# browser test; Docker, a compose tool and debootstrap for the compose test. Nothing comes
+# from npm. Fails loudly when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,10 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# The compose test (tests/compose): Docker, `docker compose` or docker-compose, debootstrap.
+command -v docker >/dev/null 2>&1 || need_apt+=(docker.io)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need_apt[*]} — install them (apt-get install ${need_apt[*]}) or run as root" >&2
@@ -20,6 +25,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 # A Debian install may start a system redis on 6379; the tests start their own on free ports.
+docker info >/dev/null 2>&1 || echo "warning: the Docker daemon is not reachable (docker info); the compose test will fail" >&2
 
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || { echo "missing: python3 yaml (pip install pyyaml)" >&2; exit 1; }
 python3 -c 'import selenium' 2>/dev/null || pip install -q 'selenium>=4.20,<5' \

@@ -113,6 +113,7 @@ pub async fn login(addr: SocketAddr, name: &str) -> Result<String> {
 pub struct Client {
     pub ws: Ws,
     pub user: Value,
+    /// The id of the node that serves this connection (from `welcome`).
     pub node: String,
     next_id: u64,
     /// Pushes received while waiting for a reply.
