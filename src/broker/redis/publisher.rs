@@ -8,8 +8,9 @@
 //!   *uncertain*: the publisher waits until Redis answers again, then asks whether the batch's
 //!   marker exists (it ran: ack) or Redis's clock is past the deadline without it (it did not
 //!   and never will: `unavailable`). The next batch waits for that, keeping the order.
-//! - publishes that were never sent (queue full, Redis known down, repair running) get
-//!   `unavailable` at once.
+//! - publishes that were never sent (queue full, Redis known down, repair running, or queued
+//!   behind an uncertain batch) get `unavailable` at once: nothing later is numbered before
+//!   the uncertain batch is resolved, so the order holds, and nobody waits on a partition.
 //!
 //! A stored message is acked once it is committed in this node's log, so it survives Redis
 //! losing its data.
@@ -79,6 +80,15 @@ fn unavailable(items: Vec<Item>, metrics: &Metrics) {
     }
 }
 
+/// Refuses every publish queued now (never sent: certainly not stored).
+fn refuse_queued(rx: &mut mpsc::Receiver<Item>, metrics: &Metrics) {
+    let mut queued = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        queued.push(item);
+    }
+    unavailable(queued, metrics);
+}
+
 impl Publisher {
     pub(super) fn new(
         conn: ConnectionManager,
@@ -117,7 +127,7 @@ impl Publisher {
                     Err(_) => break,
                 }
             }
-            self.publish(batch, &stop).await;
+            self.publish(batch, &mut rx, &stop).await;
         }
         // Never sent: certainly not stored.
         rx.close();
@@ -128,7 +138,12 @@ impl Publisher {
         unavailable(rest, &self.metrics);
     }
 
-    async fn publish(&mut self, batch: Vec<Item>, stop: &CancellationToken) {
+    async fn publish(
+        &mut self,
+        batch: Vec<Item>,
+        rx: &mut mpsc::Receiver<Item>,
+        stop: &CancellationToken,
+    ) {
         let shared = &self.shared;
         let ready =
             shared.connected.load(Ordering::Acquire) && shared.accepting.load(Ordering::Acquire);
@@ -163,11 +178,27 @@ impl Publisher {
                 .arg(p.key.as_deref().unwrap_or(""));
         }
         self.metrics.redis_publish_batches.inc();
-        let answer = tokio::time::timeout(
-            DEADLINE + ANSWER_MARGIN,
-            call.invoke_async::<Value>(&mut self.conn),
-        )
-        .await;
+        let metrics = self.metrics.clone();
+        let answer = {
+            let invoke = tokio::time::timeout(
+                DEADLINE + ANSWER_MARGIN,
+                call.invoke_async::<Value>(&mut self.conn),
+            );
+            tokio::pin!(invoke);
+            let mut check = tokio::time::interval(RESOLVE_EVERY);
+            loop {
+                tokio::select! {
+                    answer = &mut invoke => break answer,
+                    _ = check.tick() => {
+                        // Redis is known unreachable: what queues behind this batch is
+                        // refused now rather than after its answer (or its resolution).
+                        if !shared.connected.load(Ordering::Acquire) {
+                            refuse_queued(rx, &metrics);
+                        }
+                    }
+                }
+            }
+        };
         match answer.ok().and_then(Result::ok).and_then(parse_answer) {
             Some((status, now, rest)) => {
                 self.shared.saw_redis_time(now);
@@ -179,10 +210,10 @@ impl Publisher {
                         unavailable(batch, &self.metrics);
                     }
                     ("expired", _) => unavailable(batch, &self.metrics),
-                    _ => self.uncertain(batch, marker, deadline, &ts, stop).await,
+                    _ => self.uncertain(batch, marker, deadline, &ts, rx, stop).await,
                 }
             }
-            None => self.uncertain(batch, marker, deadline, &ts, stop).await,
+            None => self.uncertain(batch, marker, deadline, &ts, rx, stop).await,
         }
     }
 
@@ -193,6 +224,7 @@ impl Publisher {
         marker: String,
         deadline: i64,
         ts: &str,
+        rx: &mut mpsc::Receiver<Item>,
         stop: &CancellationToken,
     ) {
         self.metrics.redis_uncertain_batches.inc();
@@ -203,6 +235,9 @@ impl Publisher {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(RESOLVE_EVERY) => {}
             }
+            // Publishes queued meanwhile cannot be sent before this batch is resolved (they
+            // would be numbered out of order): refused, and certainly not stored.
+            refuse_queued(rx, &self.metrics);
             let mut call = self.resolve.prepare_invoke();
             call.key(&marker).arg(deadline);
             let answer =
