@@ -95,16 +95,33 @@ pub async fn connect_from(
     Ok(stream)
 }
 
-/// An HTTP/1.1 connection that sends requests one after the other.
+type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// An HTTP/1.1 connection that sends requests one after the other. It spawns no task: the
+/// connection is driven while a request is in flight.
 pub struct HttpClient {
     target: SocketAddr,
     sender: http1::SendRequest<Full<Bytes>>,
-    connection: tokio::task::JoinHandle<()>,
+    conn: std::pin::Pin<Box<Connection>>,
+    conn_done: bool,
 }
 
-impl Drop for HttpClient {
-    fn drop(&mut self) {
-        self.connection.abort();
+/// Polls `fut` while driving the connection.
+async fn drive<T>(
+    conn: &mut std::pin::Pin<Box<Connection>>,
+    conn_done: &mut bool,
+    fut: impl std::future::Future<Output = Result<T, hyper::Error>>,
+) -> Result<T, ClientError> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            result = &mut fut => return Ok(result?),
+            ended = conn.as_mut(), if !*conn_done => {
+                *conn_done = true;
+                // The connection ended: the request fails by itself, unless it had finished.
+                ended?;
+            }
+        }
     }
 }
 
@@ -112,15 +129,11 @@ impl HttpClient {
     pub async fn connect(target: SocketAddr) -> Result<HttpClient, ClientError> {
         let stream = connect_from(target, None).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended");
-            }
-        });
         Ok(HttpClient {
             target,
             sender,
-            connection,
+            conn: Box::pin(conn),
+            conn_done: false,
         })
     }
 
@@ -140,10 +153,11 @@ impl HttpClient {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body.into()))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(req).await?;
+        let (conn, done) = (&mut self.conn, &mut self.conn_done);
+        drive(conn, done, self.sender.ready()).await?;
+        let response = drive(conn, done, self.sender.send_request(req)).await?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let body = drive(conn, done, body.collect()).await?.to_bytes();
         Ok(HttpResponse {
             status: parts.status.as_u16(),
             headers: parts.headers,

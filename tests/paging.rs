@@ -120,10 +120,11 @@ async fn big_replies_are_paged_and_the_connection_survives() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_presence_reply_is_sent_whole() -> Result<()> {
     let mut s = TestServer::start(|_| {}).await;
-    // 1,500 users whose names are 32 four-byte characters: a 250 KB member list.
+    // 1,000 users whose names are 32 four-byte characters: a 170 KB member list in one frame.
+    // (Every join tells every member before it: a bigger crowd costs the test, not the point.)
     let name = "🦀".repeat(32);
     let mut members = Vec::new();
-    for i in 0..1500 {
+    for i in 0..1000 {
         let cookie = login(s.addr, &name).await?;
         let ws = RawWs::connect(s.addr, &cookie).await?;
         members.push((i, ws));
@@ -140,7 +141,7 @@ async fn a_big_presence_reply_is_sent_whole() -> Result<()> {
         .await?;
     ensure!(p["type"] == "presence", "{p}");
     let listed = p["members"].as_array().map(Vec::len).unwrap_or(0);
-    ensure!(listed == 1501, "{listed} members listed");
+    ensure!(listed == 1001, "{listed} members listed");
     println!("presence reply: {} bytes", size(&p));
     drop(members);
     s.shutdown().await;

@@ -80,6 +80,28 @@ fn unavailable(items: Vec<Item>, metrics: &Metrics) {
     }
 }
 
+/// Awaits `fut`; meanwhile, whenever Redis is known unreachable, refuses what queues behind
+/// (never sent: certainly not stored) rather than making it wait.
+async fn refusing_meanwhile<T>(
+    fut: impl std::future::Future<Output = T>,
+    rx: &mut mpsc::Receiver<Item>,
+    shared: &Shared,
+    metrics: &Metrics,
+) -> T {
+    tokio::pin!(fut);
+    let mut check = tokio::time::interval(RESOLVE_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = check.tick() => {
+                if !shared.connected.load(Ordering::Acquire) {
+                    refuse_queued(rx, metrics);
+                }
+            }
+        }
+    }
+}
+
 /// Refuses every publish queued now (never sent: certainly not stored).
 fn refuse_queued(rx: &mut mpsc::Receiver<Item>, metrics: &Metrics) {
     let mut queued = Vec::new();
@@ -178,27 +200,11 @@ impl Publisher {
                 .arg(p.key.as_deref().unwrap_or(""));
         }
         self.metrics.redis_publish_batches.inc();
-        let metrics = self.metrics.clone();
-        let answer = {
-            let invoke = tokio::time::timeout(
-                DEADLINE + ANSWER_MARGIN,
-                call.invoke_async::<Value>(&mut self.conn),
-            );
-            tokio::pin!(invoke);
-            let mut check = tokio::time::interval(RESOLVE_EVERY);
-            loop {
-                tokio::select! {
-                    answer = &mut invoke => break answer,
-                    _ = check.tick() => {
-                        // Redis is known unreachable: what queues behind this batch is
-                        // refused now rather than after its answer (or its resolution).
-                        if !shared.connected.load(Ordering::Acquire) {
-                            refuse_queued(rx, &metrics);
-                        }
-                    }
-                }
-            }
-        };
+        let invoke = tokio::time::timeout(
+            DEADLINE + ANSWER_MARGIN,
+            call.invoke_async::<Value>(&mut self.conn),
+        );
+        let answer = refusing_meanwhile(invoke, rx, shared, &self.metrics).await;
         match answer.ok().and_then(Result::ok).and_then(parse_answer) {
             Some((status, now, rest)) => {
                 self.shared.saw_redis_time(now);
@@ -238,13 +244,16 @@ impl Publisher {
             // Publishes queued meanwhile cannot be sent before this batch is resolved (they
             // would be numbered out of order): refused, and certainly not stored.
             refuse_queued(rx, &self.metrics);
+            if !self.shared.connected.load(Ordering::Acquire) {
+                continue; // Redis is unreachable: no point asking yet.
+            }
             let mut call = self.resolve.prepare_invoke();
             call.key(&marker).arg(deadline);
-            let answer =
-                tokio::time::timeout(DEADLINE, call.invoke_async::<Value>(&mut self.conn)).await;
+            let ask = tokio::time::timeout(DEADLINE, call.invoke_async::<Value>(&mut self.conn));
+            let answer = refusing_meanwhile(ask, rx, &self.shared, &self.metrics).await;
             let Some((status, now, rest)) = answer.ok().and_then(Result::ok).and_then(parse_answer)
             else {
-                continue; // Redis still unreachable: keep the batch, and the ones behind it, waiting.
+                continue; // Still no answer: keep the batch, and the ones behind it, waiting.
             };
             self.shared.saw_redis_time(now);
             match (status.as_str(), rest) {
