@@ -96,6 +96,15 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn presence(&self, event: PresenceEvent) -> BoxFuture<'_, ()>;
 }
 
+/// A node's figures, as it publishes them every second (cluster mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    pub node: String,
+    /// Field name to value, as the node wrote them (`connections`, `rooms`, `published`,
+    /// `delivered`, `ready`).
+    pub figures: std::collections::BTreeMap<String, String>,
+}
+
 /// Whether a broker can serve: what `/readyz` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
@@ -137,6 +146,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether it can serve now.
     fn health(&self) -> Health;
+
+    /// Every live node's figures, as each one last published them (cluster mode; a single
+    /// node has none: the dashboard shows its own).
+    fn nodes(&self) -> BoxFuture<'_, Vec<NodeFigures>> {
+        Box::pin(async { Vec::new() })
+    }
 
     /// Withdraws this node and stops the broker's tasks.
     fn close(&self) -> BoxFuture<'_, ()>;

@@ -71,6 +71,8 @@ pub(crate) enum ShardMsg {
     },
     Deliver(Message),
     Remote(PresenceEvent),
+    /// The shard's rooms, for the dashboard.
+    Summary(oneshot::Sender<Vec<RoomSummary>>),
     /// A store read for a join came back.
     Loaded {
         room: Arc<str>,
@@ -78,6 +80,20 @@ pub(crate) enum ShardMsg {
         result: Result<JoinRead, StoreError>,
     },
     Stop,
+}
+
+/// One room in memory, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub name: Arc<str>,
+    /// Users present here (this node's members).
+    pub users: usize,
+    /// Connections that are members here.
+    pub connections: usize,
+    /// The room's latest offset.
+    pub last: u64,
+    /// Messages delivered to it since it has been in memory.
+    pub delivered: u64,
 }
 
 /// What every shard shares.
@@ -185,6 +201,22 @@ impl Hub {
             },
         )
         .await;
+    }
+
+    /// The `n` rooms in memory with the most messages delivered, then the most users.
+    pub async fn busiest(&self, n: usize) -> Vec<RoomSummary> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let (tx, rx) = oneshot::channel();
+            if shard.send(ShardMsg::Summary(tx)).await.is_ok()
+                && let Ok(rooms) = rx.await
+            {
+                all.extend(rooms);
+            }
+        }
+        all.sort_by_key(|r| std::cmp::Reverse((r.delivered, r.users)));
+        all.truncate(n);
+        all
     }
 
     /// Stops every shard after it has handled what is queued.

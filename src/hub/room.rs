@@ -45,6 +45,9 @@ pub struct Room {
     ring_capacity: usize,
     /// Deliveries that arrived before `last` was known, in order.
     pub buffered: Vec<Message>,
+    /// Messages delivered to this room since it has been in memory (the dashboard's busiest
+    /// rooms).
+    pub delivered: u64,
 }
 
 impl Room {
@@ -58,6 +61,7 @@ impl Room {
             ring: VecDeque::new(),
             ring_capacity,
             buffered: Vec::new(),
+            delivered: 0,
         }
     }
 
@@ -82,6 +86,7 @@ impl Room {
         let encoded = Encoded::new(message);
         self.record(&encoded);
         let queued = self.broadcast(|codec| encoded.push(codec), None);
+        self.delivered += 1;
         metrics.messages_delivered.inc_by(queued);
         Metrics::observe(&metrics.delivery_latency, Duration::from_millis(latency));
         if jumped {

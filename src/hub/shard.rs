@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::join::{self, Assembled, PendingJoin, Plan};
 use super::presence::RemoteUsers;
 use super::room::{Delivered, Room};
-use super::{JoinOutcome, JoinRequest, ShardContext, ShardMsg, listed_members};
+use super::{JoinOutcome, JoinRequest, RoomSummary, ShardContext, ShardMsg, listed_members};
 use crate::broker::PresenceEvent;
 use crate::conn::{ConnId, Outbox};
 use crate::protocol::{Encoded, ErrorCode, JoinedReply, MemberEvent, PerCodec};
@@ -72,6 +72,9 @@ impl Shard {
                 ShardMsg::Deliver(message) => self.deliver(message),
                 ShardMsg::Remote(event) => self.remote(event),
                 ShardMsg::Loaded { room, load, result } => self.loaded(room, load, result),
+                ShardMsg::Summary(reply) => {
+                    let _asker_gone = reply.send(self.summary());
+                }
                 ShardMsg::Stop => break,
             }
         }
@@ -249,6 +252,19 @@ impl Shard {
             _ => codec.error(Some(id), ErrorCode::NotJoined, "join the room first"),
         };
         outbox.send(frame);
+    }
+
+    fn summary(&self) -> Vec<RoomSummary> {
+        self.rooms
+            .values()
+            .map(|r| RoomSummary {
+                name: r.name.clone(),
+                users: r.users.len(),
+                connections: r.members.len(),
+                last: r.last.unwrap_or(0),
+                delivered: r.delivered,
+            })
+            .collect()
     }
 
     /// Drops the state of a room that has nobody and nothing in flight: the store keeps its

@@ -244,6 +244,10 @@ impl Broker for RedisBroker {
         }
     }
 
+    fn nodes(&self) -> BoxFuture<'_, Vec<super::NodeFigures>> {
+        Box::pin(self.presence.figures())
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.stop.cancel();

@@ -132,6 +132,38 @@ impl Handle {
         self.wake.notify_one();
     }
 
+    /// Every live node's figures (the dashboard); empty when Redis does not answer.
+    pub(super) async fn figures(&self) -> Vec<crate::broker::NodeFigures> {
+        let mut conn = self.conn.clone();
+        let read = async {
+            let nodes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys::NODES)
+                .query_async(&mut conn)
+                .await?;
+            let mut pipe = redis::pipe();
+            for n in &nodes {
+                pipe.cmd("HGETALL").arg(keys::stats(n));
+            }
+            let all: Vec<std::collections::BTreeMap<String, String>> =
+                pipe.query_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>(
+                nodes
+                    .into_iter()
+                    .zip(all)
+                    .filter(|(_, f)| !f.is_empty())
+                    .map(|(node, figures)| crate::broker::NodeFigures { node, figures })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+            Ok(Ok(mut figures)) => {
+                figures.sort_by(|a, b| a.node.cmp(&b.node));
+                figures
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Removes this node from the cluster's presence (graceful shutdown): the others tell
     /// their members at once.
     pub(super) async fn withdraw(&self) {
