@@ -271,6 +271,16 @@ impl OutboxReceiver {
         frames
     }
 
+    /// Takes whatever is queued now into `batch` (a session closing for a shutdown sends it
+    /// before its close frame); returns how many.
+    pub fn take_queued(&mut self, batch: &mut Vec<Frame>) -> usize {
+        let before = batch.len();
+        while let Ok(frame) = self.rx.try_recv() {
+            batch.push(frame);
+        }
+        batch.len() - before
+    }
+
     /// Drops whatever is queued (a closing session sends nothing but its close frame).
     pub fn discard(&mut self) {
         self.rx.close();

@@ -33,6 +33,8 @@ use crate::store::{Store, StoreOptions};
 
 /// How long a client may take to send a request's headers, and then its body.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sessions may take to close by themselves at shutdown (their answers, then 1001).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(6);
 /// How long a cluster node waits, at start, to hold what the cluster stored while it was away.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,7 +52,9 @@ struct App {
     cluster: bool,
     /// Sessions (reader and writer tasks); joined before the shards stop.
     sessions: TaskTracker,
-    /// Cancelled to close every session with 1001.
+    /// Cancelled first at shutdown: every session finishes its answers and closes with 1001.
+    session_drain: CancellationToken,
+    /// Cancelled if sessions did not close by themselves in time: they close at once.
     session_stop: CancellationToken,
     next_conn: AtomicU64,
     tasks: TaskTracker,
@@ -148,6 +152,7 @@ impl Nebula {
             }
         }
         let limits = Arc::new(Limits::new(config.publish_rate, config.connect_rate));
+        let session_drain = CancellationToken::new();
         let ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             broker: broker.clone(),
@@ -157,6 +162,7 @@ impl Nebula {
             node_id: node_id.clone(),
             outbox_bytes: config.outbox_bytes,
             ping_interval: Duration::from_secs(config.ping_interval.max(1)),
+            drain: session_drain.clone(),
         });
         let listener = listen(config.listen)?;
         let addr = listener.local_addr()?;
@@ -174,6 +180,7 @@ impl Nebula {
             ready: AtomicBool::new(true),
             cluster: config.redis_url.is_some(),
             sessions,
+            session_drain,
             session_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             tasks: tasks.clone(),
@@ -221,8 +228,17 @@ impl RunningServer {
         // Readiness turns 503 and upgrades are refused while sessions drain; the listener
         // stays open meanwhile so that load balancers can see it.
         self.app.ready.store(false, Ordering::SeqCst);
-        self.app.session_stop.cancel();
         self.app.sessions.close();
+        // Sessions finish their answers and close with 1001 by themselves; those that take
+        // too long are closed at once.
+        self.app.session_drain.cancel();
+        let patience = (started + DRAIN_DEADLINE).min(deadline);
+        if tokio::time::timeout_at(patience, self.app.sessions.wait())
+            .await
+            .is_err()
+        {
+            self.app.session_stop.cancel();
+        }
         let sessions_done = tokio::time::timeout_at(deadline, self.app.sessions.wait())
             .await
             .is_ok();

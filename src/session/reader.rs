@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -12,7 +13,7 @@ use futures_util::stream::SplitStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use super::{BUDGET_PATIENCE, CLOSE_GRACE, SessionContext, Socket};
+use super::{BUDGET_PATIENCE, CLOSE_GRACE, DRAIN_PATIENCE, SessionContext, Socket};
 use crate::auth::User;
 use crate::broker::{Publish, PublishOutcome};
 use crate::conn::{Ending, Outbox};
@@ -26,6 +27,8 @@ pub(super) struct Reader {
     ctx: Arc<SessionContext>,
     user: User,
     outbox: Outbox,
+    /// Publishes handed to the broker and not answered yet.
+    in_flight: Arc<AtomicUsize>,
     /// Rooms this connection is a member of: changed only by the hub's answer to a join and by
     /// a leave.
     rooms: HashSet<Arc<str>>,
@@ -37,6 +40,7 @@ impl Reader {
             ctx,
             user,
             outbox,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             rooms: HashSet::new(),
         }
     }
@@ -73,11 +77,25 @@ impl Reader {
     async fn read_loop(&mut self, stream: &mut SplitStream<Socket>) {
         let closed = self.outbox.closer().closed_owned();
         tokio::pin!(closed);
+        let drain = self.ctx.drain.clone().cancelled_owned();
+        tokio::pin!(drain);
         let idle_limit = self.ctx.ping_interval * 3;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = &mut closed => return,
+                _ = &mut drain => {
+                    // The server shuts down: no new request; the answers of publishes in
+                    // flight go out before the close (1001), so no client is left guessing.
+                    let deadline = tokio::time::Instant::now() + DRAIN_PATIENCE;
+                    while self.in_flight.load(Ordering::Acquire) > 0
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    self.outbox.closer().close(CloseCode::Shutdown);
+                    return;
+                }
                 next = tokio::time::timeout(idle_limit, stream.next()) => next,
             };
             let closer = self.outbox.closer();
@@ -220,6 +238,8 @@ impl Reader {
         let outbox = self.outbox.clone();
         let metrics = metrics.clone();
         let started = Instant::now();
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::AcqRel);
         let reply_room = room.clone();
         let publish = Publish {
             room,
@@ -246,6 +266,7 @@ impl Reader {
                     }
                 };
                 outbox.send(frame);
+                in_flight.fetch_sub(1, Ordering::AcqRel);
             }),
         );
     }

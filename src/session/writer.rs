@@ -72,7 +72,22 @@ pub(super) async fn run(
             }
         }
     }
-    // Whatever is still queued is dropped: a closing session sends nothing but its close frame.
+    // A shutdown sends what is queued first (the last answers); any other close drops it and
+    // sends nothing but its close frame.
+    if rx.closer().ending() == Ending::Close(CloseCode::Shutdown) {
+        let n = rx.take_queued(&mut batch);
+        let bytes: usize = batch.iter().map(|f| f.len()).sum();
+        let flush = async {
+            for frame in batch.drain(..) {
+                sink.feed(frame.into_ws()).await?;
+            }
+            sink.flush().await
+        };
+        if !matches!(tokio::time::timeout(CLOSE_GRACE, flush).await, Ok(Ok(()))) {
+            rx.closer().end(Ending::Gone);
+        }
+        rx.written(n, bytes);
+    }
     rx.discard();
     match rx.closer().ending() {
         Ending::Close(code) => {

@@ -432,6 +432,43 @@ impl RedisServer {
             let _ = c.wait();
         }
     }
+
+    /// Sends a real signal to the server (`STOP` freezes it, `CONT` thaws it).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("redis is not running")?.id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} redis failed");
+        Ok(())
+    }
+
+    /// Runs a command through `redis-cli` (e.g. `FLUSHALL`).
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("redis-cli is missing: apt-get install redis-tools (scripts/test does)")?;
+        anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `kill -9`, then every file of its data dir removed: the next `spawn` starts empty, as a
+    /// Redis that lost its data.
+    pub fn kill_and_lose_data(&mut self) -> Result<()> {
+        self.kill9();
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path)?;
+            } else {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RedisServer {
