@@ -30,3 +30,6 @@ docker info >/dev/null 2>&1 || echo "warning: the Docker daemon is not reachable
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || { echo "missing: python3 yaml (pip install pyyaml)" >&2; exit 1; }
 python3 -c 'import selenium' 2>/dev/null || pip install -q 'selenium>=4.20,<5' \
   || { echo "missing: python3 selenium (pip install selenium) for the browser test" >&2; exit 1; }
+# The Protobuf client test builds its client from proto/nebula.proto with protoc (grpcio-tools).
+python3 -c 'import grpc_tools, websockets' 2>/dev/null || pip install -q grpcio-tools websockets \
+  || { echo "missing: python3 grpcio-tools and websockets (pip install grpcio-tools websockets)" >&2; exit 1; }
