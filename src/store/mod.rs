@@ -9,6 +9,8 @@
 //! message is stored (`rooms.last_offset`). Reads never go past it, so a reader never sees a
 //! hole that a replicated write is about to fill; catch-up starts after it.
 
+mod batch;
+mod ops;
 mod reads;
 mod writer;
 
@@ -28,8 +30,8 @@ use crate::config::Fsync;
 use crate::metrics::Metrics;
 use crate::protocol::Message;
 
+pub use ops::{Append, AppendDone, AppendOutcome, Insert, InsertDone, Replicated, WriteOp};
 pub use reads::{JoinRead, PageRead};
-pub use writer::{Append, AppendDone, AppendOutcome, Insert, InsertDone, Replicated, WriteOp};
 
 /// What can go wrong in the store.
 #[derive(Debug, Error)]

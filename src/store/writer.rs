@@ -15,103 +15,16 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{self, Changes};
+use super::ops::{AppendDone, AppendOutcome, Insert, InsertDone, KeyId, RoomLog, WriteOp};
 use super::{StoreError, WriteFailure};
-use crate::auth::User;
 use crate::metrics::Metrics;
-use crate::protocol::{IDEMPOTENCY_WINDOW_MS, Message};
+use crate::protocol::IDEMPOTENCY_WINDOW_MS;
 
 /// Largest number of operations committed in one transaction.
 const MAX_BATCH: usize = 4096;
 /// Longest pause between two attempts to commit replicated messages.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Called once per append, after its transaction committed (`Ok`) or failed.
-pub type AppendDone = Box<dyn FnOnce(Result<AppendOutcome, WriteFailure>) + Send>;
-/// Called once per insert, after its messages are committed (`Err` only if the store closed
-/// before it could commit them).
-pub type InsertDone = Box<dyn FnOnce(Result<(), WriteFailure>) + Send>;
-
-/// A new message to number and store (single node: the writer is the numbering authority).
-pub struct Append {
-    pub room: Arc<str>,
-    pub user: User,
-    pub body: Arc<str>,
-    pub key: Option<Arc<str>>,
-    pub ts: u64,
-    pub done: AppendDone,
-}
-
-/// What became of an append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Stored under a new offset.
-    Stored(Message),
-    /// The same key was stored before, at this offset: nothing was stored again.
-    Duplicate { offset: u64 },
-}
-
-/// A message numbered elsewhere (cluster: Redis numbers), with its idempotency key.
-#[derive(Debug, Clone)]
-pub struct Replicated {
-    pub message: Message,
-    pub key: Option<Arc<str>>,
-}
-
-/// Replicated messages to store; a repeat is ignored, a gap is allowed (the room's contiguous
-/// prefix advances when it closes).
-pub struct Insert {
-    pub messages: Vec<Replicated>,
-    pub done: Option<InsertDone>,
-}
-
-/// One operation for the writer.
-pub enum WriteOp {
-    Append(Append),
-    Insert(Insert),
-    /// Sets a value of the `meta` table.
-    Meta {
-        key: &'static str,
-        value: String,
-    },
-    /// Logs out the sessions of `user` older than generation `generation`.
-    Revoke {
-        user: Arc<str>,
-        generation: u64,
-        at: u64,
-    },
-    /// Commit everything queued before this, then stop; the sender is dropped after the commit.
-    Close(oneshot::Sender<()>),
-}
-
-type KeyId = (Arc<str>, Arc<str>, Arc<str>);
-
-/// One room as the writer sees it.
-#[derive(Debug, Clone, Default)]
-struct RoomLog {
-    /// Every offset up to this is stored.
-    contiguous: u64,
-    /// Stored offsets past `contiguous + 1` (replicated messages that arrived before a gap
-    /// closed). Empty on a single node.
-    ahead: BTreeSet<u64>,
-}
-
-impl RoomLog {
-    /// Records offset `o` as stored; true when the contiguous prefix moved.
-    fn stored(&mut self, o: u64) -> bool {
-        if o <= self.contiguous {
-            return false;
-        }
-        if o != self.contiguous + 1 {
-            self.ahead.insert(o);
-            return false;
-        }
-        self.contiguous = o;
-        while self.ahead.remove(&(self.contiguous + 1)) {
-            self.contiguous += 1;
-        }
-        true
-    }
-}
 
 /// A completion to run after a commit.
 pub(super) enum Completion {
@@ -165,22 +78,15 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
 }
 
 pub(super) struct Writer {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// Set when the writer stops, to stop the checkpoint thread.
     stop_checkpoints: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     /// Every room with messages.
-    rooms: HashMap<Arc<str>, RoomLog>,
+    pub(super) rooms: HashMap<Arc<str>, RoomLog>,
     /// Idempotency keys younger than the window: (room, user id, key) -> (offset, ts ms).
-    keys: HashMap<KeyId, (u64, u64)>,
+    pub(super) keys: HashMap<KeyId, (u64, u64)>,
     last_prune: Instant,
-}
-
-/// What one batch changes, applied to the writer's state only once it is committed.
-#[derive(Default)]
-struct Changes {
-    rooms: HashMap<Arc<str>, RoomLog>,
-    keys: HashMap<KeyId, (u64, u64)>,
 }
 
 impl Writer {
@@ -375,7 +281,14 @@ impl Writer {
         }
         let mut outcomes: Vec<Option<AppendOutcome>> = Vec::with_capacity(batch.len());
         let mut changes = Changes::default();
-        let result = self.write(batch, &mut outcomes, &mut changes);
+        let result = batch::write(
+            &mut self.conn,
+            &self.rooms,
+            &self.keys,
+            batch,
+            &mut outcomes,
+            &mut changes,
+        );
         let mut done = Vec::with_capacity(batch.len());
         let committed = match result {
             Ok(()) => {
@@ -417,150 +330,5 @@ impl Writer {
             tracing::warn!("the completion thread stopped; acks are lost");
         }
         committed
-    }
-
-    fn write(
-        &mut self,
-        batch: &[WriteOp],
-        outcomes: &mut Vec<Option<AppendOutcome>>,
-        changes: &mut Changes,
-    ) -> rusqlite::Result<()> {
-        let rooms = &self.rooms;
-        let log_of = |changes: &mut Changes, room: &Arc<str>| -> RoomLog {
-            changes
-                .rooms
-                .get(room)
-                .or_else(|| rooms.get(room))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let tx = self.conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages (room, offset, user_id, user_name, body, ts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut insert_key = tx.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency (room, user_id, key, offset, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let cutoff = crate::protocol::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
-            for op in batch {
-                match op {
-                    WriteOp::Append(a) => {
-                        let key_id = a
-                            .key
-                            .as_ref()
-                            .map(|k| (a.room.clone(), a.user.id.clone(), k.clone()));
-                        if let Some(id) = &key_id {
-                            let seen = changes.keys.get(id).or_else(|| self.keys.get(id));
-                            if let Some(&(offset, _)) = seen.filter(|(_, ts)| *ts >= cutoff) {
-                                outcomes.push(Some(AppendOutcome::Duplicate { offset }));
-                                continue;
-                            }
-                        }
-                        let mut log = log_of(changes, &a.room);
-                        let offset = log.contiguous + 1;
-                        insert.execute(params![
-                            &*a.room,
-                            offset as i64,
-                            &*a.user.id,
-                            &*a.user.name,
-                            &*a.body,
-                            a.ts as i64
-                        ])?;
-                        if let (Some(id), Some(key)) = (key_id, &a.key) {
-                            insert_key.execute(params![
-                                &*a.room,
-                                &*a.user.id,
-                                &**key,
-                                offset as i64,
-                                a.ts as i64
-                            ])?;
-                            changes.keys.insert(id, (offset, a.ts));
-                        }
-                        log.stored(offset);
-                        changes.rooms.insert(a.room.clone(), log);
-                        outcomes.push(Some(AppendOutcome::Stored(Message {
-                            room: a.room.clone(),
-                            offset,
-                            user: a.user.clone(),
-                            body: a.body.clone(),
-                            ts: a.ts,
-                        })));
-                    }
-                    WriteOp::Insert(ins) => {
-                        for Replicated { message: m, key } in &ins.messages {
-                            insert.execute(params![
-                                &*m.room,
-                                m.offset as i64,
-                                &*m.user.id,
-                                &*m.user.name,
-                                &*m.body,
-                                m.ts as i64
-                            ])?;
-                            if let Some(key) = key {
-                                insert_key.execute(params![
-                                    &*m.room,
-                                    &*m.user.id,
-                                    &**key,
-                                    m.offset as i64,
-                                    m.ts as i64
-                                ])?;
-                            }
-                            let mut log = log_of(changes, &m.room);
-                            log.stored(m.offset);
-                            changes.rooms.insert(m.room.clone(), log);
-                        }
-                        outcomes.push(None);
-                    }
-                    WriteOp::Meta { key, value } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                            params![key, value],
-                        )?;
-                        outcomes.push(None);
-                    }
-                    WriteOp::Revoke {
-                        user,
-                        generation,
-                        at,
-                    } => {
-                        tx.execute(
-                            "INSERT INTO revocations (user_id, gen, at) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (user_id) DO UPDATE SET gen = max(gen, excluded.gen), at = excluded.at",
-                            params![&**user, *generation as i64, *at as i64],
-                        )?;
-                        outcomes.push(None);
-                    }
-                    WriteOp::Close(_) => outcomes.push(None),
-                }
-            }
-            let mut upsert_room = tx.prepare_cached(
-                "INSERT INTO rooms (room, last_offset) VALUES (?1, ?2)
-                 ON CONFLICT (room) DO UPDATE SET last_offset = max(last_offset, excluded.last_offset)",
-            )?;
-            for (room, log) in changes.rooms.iter() {
-                upsert_room.execute(params![&**room, log.contiguous as i64])?;
-            }
-        }
-        tx.commit()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RoomLog;
-
-    #[test]
-    fn the_contiguous_prefix_closes_over_gaps() {
-        let mut log = RoomLog::default();
-        assert!(log.stored(1));
-        assert!(!log.stored(3));
-        assert!(!log.stored(4));
-        assert_eq!(log.contiguous, 1);
-        assert!(log.stored(2));
-        assert_eq!(log.contiguous, 4);
-        assert!(log.ahead.is_empty());
-        assert!(!log.stored(2), "a repeat changes nothing");
     }
 }
