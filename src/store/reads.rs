@@ -231,6 +231,29 @@ impl Store {
         .await
     }
 
+    /// The offset of the message of `user` with this `ts` and `body` in `room`, if this node has
+    /// it (a publish whose answer was lost with Redis's data is looked up in the logs).
+    pub async fn find(
+        &self,
+        room: Arc<str>,
+        user: Arc<str>,
+        ts: u64,
+        body: Arc<str>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT offset FROM messages
+                 WHERE room = ?1 AND user_id = ?2 AND ts = ?3 AND body = ?4 LIMIT 1",
+            )?;
+            let mut rows = stmt.query(params![&*room, &*user, ts as i64, &*body])?;
+            Ok(match rows.next()? {
+                Some(r) => Some(r.get::<_, i64>(0)? as u64),
+                None => None,
+            })
+        })
+        .await
+    }
+
     /// Idempotency keys younger than `since_ms`: (room, user id, key, offset, ts).
     pub async fn recent_keys(
         &self,

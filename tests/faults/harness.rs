@@ -74,6 +74,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// The last lines of every node's log, for a failure's message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(n.dir.path().join("nebula.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- {} ({}) log tail:\n", n.id, n.addr));
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].addr
     }
@@ -161,6 +176,8 @@ pub struct Report {
 pub struct Worker {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<Report>>,
+    /// Where the worker is, for the message when it does not finish.
+    status: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 #[derive(Clone)]
@@ -176,20 +193,28 @@ impl Worker {
     pub async fn start(spec: WorkerSpec) -> Result<Worker> {
         let cookie = login(spec.nodes[0], &spec.name).await?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_worker(spec, cookie, stop.clone()));
-        Ok(Worker { stop, task })
+        let status = std::sync::Arc::new(std::sync::Mutex::new("starting".to_string()));
+        let task = tokio::spawn(run_worker(spec, cookie, stop.clone(), status.clone()));
+        Ok(Worker { stop, task, status })
     }
 
     /// Stops publishing, waits up to `grace` for outstanding answers, and reports.
     pub async fn finish(self, grace: Duration) -> Result<Report> {
         self.stop.cancel();
+        let status = self.status.clone();
         tokio::time::timeout(grace + Duration::from_secs(15), self.task)
             .await
-            .context("worker did not finish")??
+            .with_context(|| format!("worker did not finish: {}", status.lock().unwrap()))??
     }
 }
 
-async fn run_worker(spec: WorkerSpec, cookie: String, stop: CancellationToken) -> Result<Report> {
+async fn run_worker(
+    spec: WorkerSpec,
+    cookie: String,
+    stop: CancellationToken,
+    status: std::sync::Arc<std::sync::Mutex<String>>,
+) -> Result<Report> {
+    let say = |what: String| *status.lock().unwrap() = what;
     let mut report = Report::default();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut seq = 0u64;
@@ -202,6 +227,7 @@ async fn run_worker(spec: WorkerSpec, cookie: String, stop: CancellationToken) -
         }
         let target = spec.nodes[attempt % spec.nodes.len()];
         attempt += 1;
+        say(format!("{}: connecting to {target} (attempt {attempt})", spec.name));
         let mut ws = match tokio::time::timeout(
             Duration::from_secs(5),
             ws_connect(target, Some(&cookie), None),
@@ -235,11 +261,19 @@ async fn run_worker(spec: WorkerSpec, cookie: String, stop: CancellationToken) -
                 continue 'connection;
             }
         }
+        say(format!("{}: joining on {target}", spec.name));
         // Publishes in flight on this connection: id -> index in report.sent.
         let mut pending: HashMap<u64, (usize, Instant)> = HashMap::new();
         let mut ticker = spec.interval.map(tokio::time::interval);
         let mut joined = HashSet::new();
         loop {
+            // Checked on every turn: a timer re-armed each turn would never fire while frames
+            // keep arriving from the other workers.
+            if let Some(since) = stopping_since
+                && (pending.is_empty() || since.elapsed() > grace)
+            {
+                break 'connection;
+            }
             let tick = async {
                 match ticker.as_mut() {
                     Some(t) if stopping_since.is_none() => {
@@ -251,14 +285,12 @@ async fn run_worker(spec: WorkerSpec, cookie: String, stop: CancellationToken) -
             tokio::select! {
                 _ = stop.cancelled(), if stopping_since.is_none() => {
                     stopping_since = Some(Instant::now());
-                    if pending.is_empty() {
-                        break 'connection;
-                    }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)), if stopping_since.is_some() => {
-                    if pending.is_empty() || stopping_since.is_some_and(|t| t.elapsed() > grace) {
-                        break 'connection;
-                    }
+                    say(format!(
+                        "{}: stopping on {target}, {} publishes unanswered, {} rooms joined",
+                        spec.name, pending.len(), joined.len()
+                    ));
                 }
                 _ = tick, if joined.len() == spec.rooms.len() => {
                     let room = &spec.rooms[seq as usize % spec.rooms.len()];

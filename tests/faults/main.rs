@@ -46,10 +46,16 @@ async fn workers(
     Ok(all)
 }
 
-async fn finish(workers: Vec<Worker>) -> Result<Vec<Report>> {
+async fn finish(cl: &Cluster, workers: Vec<Worker>) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     for w in workers {
-        reports.push(w.finish(Duration::from_secs(45)).await?);
+        match w.finish(Duration::from_secs(45)).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("{}", cl.log_tails());
+                return Err(e);
+            }
+        }
     }
     Ok(reports)
 }
@@ -83,7 +89,7 @@ async fn kill_9_of_a_node_under_load() -> Result<()> {
     cl.restart(2).await?;
     let back = t0.elapsed();
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let v = check(
         &cl.addrs(),
         &rooms(&["a", "b"]),
@@ -108,7 +114,7 @@ async fn redis_kill_9_with_aof() -> Result<()> {
     cl.redis.spawn()?;
     let recovery = ready_is(cl.addr(0), 200, Duration::from_secs(20)).await?;
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let v = check(
         &cl.addrs(),
         &rooms(&["a"]),
@@ -136,7 +142,7 @@ async fn redis_loses_its_data(
     lose(&mut cl.redis)?;
     // Publishing comes back: some publish is acked again after the loss.
     sleep(Duration::from_secs(6)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let v = check(
         &cl.addrs(),
         &rooms(&["a", "b"]),
@@ -194,7 +200,7 @@ async fn redis_frozen(secs: u64) -> Result<()> {
     let recovered = ready_is(cl.addr(0), 200, Duration::from_secs(20)).await?;
     ensure!(metric(cl.addr(0), "nebula_redis_connected").await? == 1.0);
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let slowest = reports
         .iter()
         .map(|r| r.slowest_answer)
@@ -299,7 +305,7 @@ async fn node_frozen(secs: u64) -> Result<()> {
     }
     let back = back.context("the thawed node's users did not come back within 10 s")?;
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     drop(watcher);
     let v = check(
         &cl.addrs(),
@@ -343,7 +349,7 @@ async fn a_nodes_store_failing_for_3_s() -> Result<()> {
     sleep(Duration::from_secs(4)).await;
     let failures = metric(cl.addr(1), "nebula_store_commit_failures_total").await?;
     ensure!(failures >= 1.0, "the lock did not make a commit fail");
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let v = check(
         &cl.addrs(),
         &rooms(&["a"]),
@@ -378,7 +384,7 @@ async fn rolling_restart_of_three_nodes_under_load() -> Result<()> {
         sleep(Duration::from_secs(1)).await;
     }
     sleep(Duration::from_secs(2)).await;
-    let reports = finish(ws).await?;
+    let reports = finish(&cl, ws).await?;
     let reconnects: u64 = reports.iter().map(|r| r.reconnects).sum();
     let v = check(
         &cl.addrs(),
@@ -435,7 +441,7 @@ async fn a_reconnect_storm_of_2000_clients() -> Result<()> {
     .await?;
     let storm = t0.elapsed();
     sleep(Duration::from_secs(2)).await;
-    let mut reports = finish(publishers).await?;
+    let mut reports = finish(&cl, publishers).await?;
     for r in readers {
         reports.push(r.finish(Duration::from_secs(5)).await?);
     }

@@ -120,15 +120,18 @@ return {{'ok', now, packed}}
     )
 }
 
-/// Finds out what became of a batch whose answer was lost. KEYS: batch marker. ARGV: the
-/// batch's deadline. `ok` + results when it ran; `never` when it did not and cannot any more
-/// (Redis's clock is past the deadline, so the script refuses if it ever runs); else `pending`.
+/// Finds out what became of a batch whose answer was lost. KEYS: batch marker, epoch. ARGV:
+/// the batch's deadline, the epoch it was sent under. `ok` + results when it ran; `epoch` when
+/// Redis's data changed since (the marker may have been lost with it: only the nodes' logs can
+/// tell); `never` when it did not run and cannot any more (Redis's clock is past the deadline,
+/// so the script refuses if it ever runs); else `pending`.
 pub fn resolve_script() -> String {
     format!(
         r#"
 {NOW_MS}
 local v = redis.call('GET', KEYS[1])
 if v then return {{'ok', now, v}} end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {{'epoch', now}} end
 if now > tonumber(ARGV[1]) then return {{'never', now}} end
 return {{'pending', now}}
 "#
@@ -173,12 +176,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// A node's heartbeat. KEYS: its liveness key, the nodes set. ARGV: node, lifetime (ms).
-/// Returns 1 when the node was not in the set: it is new, or another node withdrew it while
-/// it was frozen or cut off, and it must announce its presence again.
+/// A node's heartbeat. KEYS: its liveness key, the nodes set. ARGV: node, lifetime (ms), the
+/// epoch it numbers under ('' while it has none). Returns 1 when the node was not in the set:
+/// it is new, or another node withdrew it while it was frozen or cut off, and it must announce
+/// its presence again.
 pub const HEARTBEAT_SCRIPT: &str = r#"
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 return redis.call('SADD', KEYS[2], ARGV[1])
+"#;
+
+/// True when every live node says it numbers under epoch ARGV[1] (its liveness value). KEYS:
+/// the nodes set.
+pub const ALL_ADOPTED_SCRIPT: &str = r#"
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('GET', 'nebula:node:' .. node)
+  if v and v ~= ARGV[1] then return 0 end
+end
+return 1
 "#;
 
 /// Withdraws a node whose liveness expired, atomically with the check (so a node that comes

@@ -43,6 +43,18 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 
 type Item = (Publish, PublishDone);
 
+/// What identifies a batch sent to Redis, to find out later what became of it.
+struct Sent {
+    /// The key its script writes its results under.
+    marker: String,
+    /// Its deadline in Redis's clock (ms).
+    deadline: i64,
+    /// The epoch it was numbered under.
+    epoch: String,
+    /// The server time of its messages.
+    ts: String,
+}
+
 pub(super) struct Publisher {
     conn: ConnectionManager,
     shared: Arc<Shared>,
@@ -216,10 +228,16 @@ impl Publisher {
                         unavailable(batch, &self.metrics);
                     }
                     ("expired", _) => unavailable(batch, &self.metrics),
-                    _ => self.uncertain(batch, marker, deadline, &ts, rx, stop).await,
+                    _ => {
+                        let sent = Sent { marker, deadline, epoch, ts };
+                        self.uncertain(batch, sent, rx, stop).await
+                    }
                 }
             }
-            None => self.uncertain(batch, marker, deadline, &ts, rx, stop).await,
+            None => {
+                let sent = Sent { marker, deadline, epoch, ts };
+                self.uncertain(batch, sent, rx, stop).await
+            }
         }
     }
 
@@ -227,12 +245,17 @@ impl Publisher {
     async fn uncertain(
         &mut self,
         batch: Vec<Item>,
-        marker: String,
-        deadline: i64,
-        ts: &str,
+        sent: Sent,
         rx: &mut mpsc::Receiver<Item>,
         stop: &CancellationToken,
     ) {
+        let Sent {
+            marker,
+            deadline,
+            epoch,
+            ts,
+        } = sent;
+        let ts = ts.as_str();
         self.metrics.redis_uncertain_batches.inc();
         tracing::info!(%marker, publishes = batch.len(), "a publish batch's answer was lost; resolving it");
         loop {
@@ -248,7 +271,7 @@ impl Publisher {
                 continue; // Redis is unreachable: no point asking yet.
             }
             let mut call = self.resolve.prepare_invoke();
-            call.key(&marker).arg(deadline);
+            call.key(&marker).key(keys::EPOCH).arg(deadline).arg(&epoch);
             let ask = tokio::time::timeout(DEADLINE, call.invoke_async::<Value>(&mut self.conn));
             let answer = refusing_meanwhile(ask, rx, &self.shared, &self.metrics).await;
             let Some((status, now, rest)) = answer.ok().and_then(Result::ok).and_then(parse_answer)
@@ -259,7 +282,92 @@ impl Publisher {
             match (status.as_str(), rest) {
                 ("ok", Some(packed)) => return self.stored(batch, &packed, ts).await,
                 ("never", _) => return unavailable(batch, &self.metrics),
+                ("epoch", _) => {
+                    let wanted: Vec<_> = batch
+                        .iter()
+                        .map(|(p, _)| (p.room.clone(), p.user.id.clone(), p.body.clone()))
+                        .collect();
+                    if let Some(found) = self.look_up(&wanted, ts, rx, stop).await {
+                        return self.answer_from_logs(batch, found);
+                    }
+                    return; // Shutting down.
+                }
                 _ => {}
+            }
+        }
+    }
+
+    /// Redis lost its data since the batch was sent, its marker with it: the truth is in the
+    /// nodes' logs. Waits until the cluster is repaired (this node numbers again, every live
+    /// node says it adopted the new epoch, so every node's log is back in Redis and this node
+    /// caught up), then looks each message up in this node's log. `None` when stopping.
+    async fn look_up(
+        &mut self,
+        batch: &[(Arc<str>, Arc<str>, Arc<str>)],
+        ts: &str,
+        rx: &mut mpsc::Receiver<Item>,
+        stop: &CancellationToken,
+    ) -> Option<Vec<Option<u64>>> {
+        let adopted = redis::Script::new(keys::ALL_ADOPTED_SCRIPT);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+            }
+            refuse_queued(rx, &self.metrics);
+            let shared = &self.shared;
+            let Some(epoch) = shared.epoch().filter(|_| {
+                shared.connected.load(Ordering::Acquire) && shared.accepting.load(Ordering::Acquire)
+            }) else {
+                continue;
+            };
+            let all = tokio::time::timeout(
+                DEADLINE,
+                adopted
+                    .key(keys::NODES)
+                    .arg(&epoch)
+                    .invoke_async::<i64>(&mut self.conn),
+            )
+            .await;
+            if !matches!(all, Ok(Ok(1))) {
+                continue;
+            }
+            // Every node has contributed its log and this node caught up: a message the
+            // cluster stored is in this node's log now.
+            let ts: u64 = ts.parse().unwrap_or(0);
+            let mut found = Vec::with_capacity(batch.len());
+            for (room, user, body) in batch {
+                let look = self
+                    .store
+                    .find(room.clone(), user.clone(), ts, body.clone())
+                    .await;
+                match look {
+                    Ok(offset) => found.push(offset),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking up a publish in the log failed; retrying");
+                        break;
+                    }
+                }
+            }
+            if found.len() == batch.len() {
+                return Some(found);
+            }
+        }
+    }
+
+    /// Answers a batch from what the logs hold (Redis lost its record of it).
+    fn answer_from_logs(&self, batch: Vec<Item>, found: Vec<Option<u64>>) {
+        for ((p, done), offset) in batch.into_iter().zip(found) {
+            match offset {
+                Some(offset) => {
+                    self.shared.raise(&p.room, offset);
+                    self.metrics.messages_published.inc();
+                    done(PublishOutcome::Stored { offset });
+                }
+                None => {
+                    self.metrics.publishes_refused.inc();
+                    done(PublishOutcome::Unavailable);
+                }
             }
         }
     }

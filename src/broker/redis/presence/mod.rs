@@ -371,6 +371,7 @@ impl Task {
             .key(keys::NODES)
             .arg(&*node)
             .arg(LIVENESS_TTL.as_millis() as u64)
+            .arg(self.shared.epoch().unwrap_or_default())
             .invoke_async(&mut self.conn)
             .await?;
         let must_rewrite = {
