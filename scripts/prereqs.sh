@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Nebula's tests need on Debian when it is missing: redis-server, Debian's
 # Chromium and its WebDriver (chromium-driver), and Selenium's Python client (PyPI) for the
-# browser test; Docker, a compose tool and debootstrap for the compose test. Nothing comes
-# from npm. Fails loudly when it cannot.
+# browser test; Prometheus for the metrics test; Docker, a compose tool and debootstrap for the
+# compose test. Nothing comes from npm. Fails loudly when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The metrics test (tests/metrics.rs): a real Prometheus scrapes the server. Without its
+# recommends, which would bring node-exporter and its collectors along.
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: prometheus — install it (apt-get install --no-install-recommends prometheus) or run as root" >&2
+    exit 1
+  fi
+  echo "installing prometheus ..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 # A Debian install may start a system redis on 6379; the tests start their own on free ports.
 docker info >/dev/null 2>&1 || echo "warning: the Docker daemon is not reachable (docker info); the compose test will fail" >&2

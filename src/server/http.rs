@@ -1,5 +1,5 @@
-//! The HTTP routes: health, readiness, metrics, the page and its files, the dashboard, login,
-//! logout and `me`.
+//! The HTTP routes: health, readiness, metrics, the page and its files, the dashboard and its
+//! fragments, login, logout and `me`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use super::{App, HEADER_READ_TIMEOUT, ws};
 use crate::auth::{self, User};
 use crate::metrics::CONTENT_TYPE;
 use crate::store::WriteOp;
-use crate::web;
+use crate::web::{self, dashboard};
 
 pub(super) async fn route(
     req: Request<Incoming>,
@@ -29,11 +29,16 @@ pub(super) async fn route(
         (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => readyz(&app),
         (&Method::GET, "/metrics") => metrics(&app),
-        (&Method::GET, "/dashboard/stats") => response(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            web::dashboard_rows(&dashboard_rows(&app)),
-        ),
+        (&Method::GET, "/dashboard/stats") => fragment(dashboard::stats(&dashboard_rows(&app))),
+        (&Method::GET, "/dashboard/charts") => fragment(dashboard::charts(&app.metrics.trends())),
+        (&Method::GET, "/dashboard/rooms") => fragment(dashboard::rooms(
+            &app.ctx.hub.busiest(dashboard::BUSIEST).await,
+        )),
+        (&Method::GET, "/dashboard/nodes") => fragment(dashboard::nodes(
+            &app.ctx.broker.nodes().await,
+            &app.ctx.node_id,
+            app.cluster,
+        )),
         (&Method::POST, "/api/login") => login(req, peer.ip(), &app).await,
         (&Method::POST, "/api/logout") => logout(req, &app).await,
         (&Method::GET, "/api/me") => match session(&app, &req) {
@@ -80,6 +85,11 @@ fn metrics(app: &App) -> Response<Body> {
     m.redis_connected
         .set(i64::from(app.cluster && health.connected));
     response(StatusCode::OK, CONTENT_TYPE, m.render())
+}
+
+/// A dashboard fragment (HTML that htmx swaps into the page).
+fn fragment(html: String) -> Response<Body> {
+    response(StatusCode::OK, "text/html; charset=utf-8", html)
 }
 
 fn dashboard_rows(app: &App) -> Vec<(&'static str, String)> {

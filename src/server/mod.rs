@@ -188,6 +188,8 @@ impl Nebula {
         let accept_stop = CancellationToken::new();
         tasks.spawn(accept_loop(listener, app.clone(), accept_stop.clone()));
         tasks.spawn(evict_idle_limits(limits, accept_stop.clone()));
+        // The dashboard's charts: a sample every 2 s, until the shutdown stops accepting.
+        tasks.spawn(crate::metrics::history::run(metrics, accept_stop.clone()));
         tracing::info!(%addr, node = %node_id, "nebula is serving");
         Ok(RunningServer {
             addr,

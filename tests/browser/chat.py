@@ -177,13 +177,33 @@ def main():
         shows(alice, "while you were in heavy")
         assert unread(alice, "team") == "", "opening the room clears its count"
 
-        # The HTMX dashboard loads its figures by itself and shows this node's connections.
+        # The HTMX dashboard loads its fragments by itself: this node's connections, the
+        # charts the server draws (SVG lines), and the busiest rooms, "team" among them.
         alice.switch_to.new_window("tab")
         alice.get(f"{BASE}/dashboard")
         wait(alice, """
             const cells = [...document.querySelectorAll('#stats td')].map((td) => td.textContent);
             const i = cells.indexOf('connections');
             return i >= 0 && Number(cells[i + 1]) >= 2;""")
+        wait(alice, """
+            const charts = document.querySelectorAll('#charts figure.chart svg');
+            const lines = document.querySelectorAll('#charts svg path.line');
+            return charts.length === 5 && lines.length >= 5
+                && [...lines].every((p) => p.getTotalLength() >= 0 && p.getAttribute('d').startsWith('M'));""")
+        # The lines are drawn by the stylesheet's classes (no inline style): stroked, not filled.
+        stroke = alice.execute_script(
+            "const s = getComputedStyle(document.querySelector('#charts svg path.line'));"
+            "return [s.stroke, s.fill];")
+        assert stroke[0] not in ("", "none") and stroke[1] == "none", stroke
+        wait(alice, """
+            return [...document.querySelectorAll('#rooms td.name')]
+                .some((td) => td.textContent === 'team');""")
+        wait(alice, "return document.querySelector('#nodes p') !== null")
+        assert severe_console_errors(alice) == [], severe_console_errors(alice)
+        if os.environ.get("SCREENSHOT"):
+            alice.set_window_size(1100, 1400)
+            alice.save_screenshot(os.environ["SCREENSHOT"].replace(".png", "-dashboard.png"))
+            alice.set_window_size(1100, 700)
         alice.close()
         alice.switch_to.window(alice.window_handles[0])
 

@@ -1,30 +1,30 @@
 //! Prometheus metrics, registered from one table ([`metrics!`]) so that none is declared and
 //! forgotten. Every Nebula name starts with `nebula_`; the standard `process_*` families are
-//! read from `/proc` at scrape time. The message path only does atomic adds and one histogram
-//! observation per broadcast (not per recipient).
+//! read from `/proc` at scrape time ([`process`]). The message path only does atomic adds,
+//! a latency observation included ([`latency`]), and one observation per broadcast (not per
+//! recipient).
 //!
 //! The exposition is OpenMetrics text (`# EOF`, counters as `<name>_total`), served with the
-//! OpenMetrics content type ([`CONTENT_TYPE`]).
+//! OpenMetrics content type ([`CONTENT_TYPE`]). The dashboard's charts come from [`history`]:
+//! samples of these same figures, taken by a task every 2 s.
 
-use std::time::Duration;
+pub mod history;
+pub mod latency;
+pub mod process;
 
-use prometheus_client::collector::Collector;
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use history::{History, Sample, Trends};
+use latency::LatencyHistogram;
+pub use process::ProcessStats;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Latency buckets, in seconds: 0.25 ms to ~8 s.
-fn latency() -> Histogram {
-    Histogram::new([
-        0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 8.0,
-    ])
-}
 
 /// Declares the `Metrics` struct and registers every field, from one list:
 /// `field: Type = "name", "help", constructor;`.
@@ -33,6 +33,8 @@ macro_rules! metrics {
         /// The server's metrics.
         pub struct Metrics {
             registry: Registry,
+            /// The last minutes of samples, for the dashboard.
+            pub history: History,
             $( $(#[$doc])* pub $field: $ty, )*
         }
 
@@ -41,8 +43,8 @@ macro_rules! metrics {
             pub fn new() -> Metrics {
                 let mut registry = Registry::default();
                 $( let $field: $ty = $make; registry.register($name, $help, $field.clone()); )*
-                registry.register_collector(Box::new(ProcessCollector));
-                Metrics { registry, $( $field, )* }
+                registry.register_collector(Box::new(process::ProcessCollector));
+                Metrics { registry, history: History::default(), $( $field, )* }
             }
         }
     };
@@ -77,9 +79,9 @@ metrics! {
     redis_connected: Gauge = "nebula_redis_connected", "1 while this node follows the cluster through Redis (cluster mode)", Gauge::default();
     /// Publish to delivery on this node (the message's server time to the moment its push is
     /// queued to the members here).
-    delivery_latency: Histogram = "nebula_delivery_latency_seconds", "Time from publish (the message's timestamp) to its delivery to this node's members", latency();
+    delivery_latency: LatencyHistogram = "nebula_delivery_latency_seconds", "Time from publish (the message's timestamp) to its delivery to this node's members", LatencyHistogram::default();
     /// Publish request received to its ack queued.
-    ack_latency: Histogram = "nebula_ack_latency_seconds", "Time from a publish request to its ack", latency();
+    ack_latency: LatencyHistogram = "nebula_ack_latency_seconds", "Time from a publish request to its ack", LatencyHistogram::default();
     /// SQLite transactions that failed (their publishes got `unavailable`, replicated writes
     /// were retried).
     store_commit_failures: Counter = "nebula_store_commit_failures", "Store transactions that failed (retried for replicated messages)", Counter::default();
@@ -92,7 +94,7 @@ metrics! {
     redis_repairs: Counter = "nebula_redis_repairs", "Repairs of Redis from this node's log after a data loss or a lagging numbering", Counter::default();
     /// Cluster: offsets this node could not get from the cluster (older than the stream).
     history_holes: Counter = "nebula_history_holes", "Offsets this node could not fetch from the cluster (older than the Redis stream)", Counter::default();
-    /// Cluster: how far behind the cluster's feed this node's ingest is, in seconds.
+    /// Cluster: how far behind the cluster's feed this node's ingest is, in milliseconds.
     ingest_lag: Gauge = "nebula_ingest_lag_milliseconds", "How far this node's ingest is behind the cluster feed, in milliseconds", Gauge::default();
     /// Cluster: full presence resyncs with another node's entries in Redis.
     presence_resyncs: Counter = "nebula_presence_resyncs", "Full presence resyncs with another node's entries in Redis", Counter::default();
@@ -113,120 +115,26 @@ impl Metrics {
     }
 
     /// Records a latency.
-    pub fn observe(histogram: &Histogram, elapsed: Duration) {
-        histogram.observe(elapsed.as_secs_f64());
+    pub fn observe(histogram: &LatencyHistogram, elapsed: Duration) {
+        histogram.observe(elapsed);
     }
-}
 
-/// The standard process metrics, read from `/proc/self` at each scrape.
-#[derive(Debug)]
-struct ProcessCollector;
-
-/// Linux reports CPU times and start times in USER_HZ, which is 100 on every mainstream build.
-const USER_HZ: f64 = 100.0;
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessStats {
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-    pub virtual_bytes: u64,
-    pub open_fds: u64,
-    pub max_fds: u64,
-    pub threads: u64,
-    pub start_time_seconds: f64,
-}
-
-impl ProcessStats {
-    /// Reads this process's figures from `/proc/self` (zeros where unreadable).
-    pub fn read() -> ProcessStats {
-        let mut s = ProcessStats::default();
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-            s.cpu_seconds = (field(14).unwrap_or(0) + field(15).unwrap_or(0)) as f64 / USER_HZ;
-            s.threads = field(20).unwrap_or(0);
-            s.virtual_bytes = field(23).unwrap_or(0);
-            if let (Some(start), Some(boot)) = (field(22), boot_time()) {
-                s.start_time_seconds = boot + start as f64 / USER_HZ;
-            }
+    /// The figures the dashboard charts, now.
+    pub fn sample(&self) -> Sample {
+        Sample {
+            at: Instant::now(),
+            published: self.messages_published.get(),
+            delivered: self.messages_delivered.get(),
+            connections: self.connections.get(),
+            resident_bytes: process::resident_bytes(),
+            delivery: self.delivery_latency.snapshot(),
+            ack: self.ack_latency.snapshot(),
         }
-        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-            s.resident_bytes = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024);
-        }
-        s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-            s.max_fds = limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-        s
     }
-}
 
-fn boot_time() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-}
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = ProcessStats::read();
-        let cpu = ConstCounter::new(s.cpu_seconds);
-        cpu.encode(encoder.encode_descriptor(
-            "process_cpu_seconds",
-            "Total user and system CPU time spent in seconds",
-            None,
-            cpu.metric_type(),
-        )?)?;
-        let gauges: [(&str, &str, f64); 6] = [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                s.resident_bytes as f64,
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-                s.virtual_bytes as f64,
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                s.open_fds as f64,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                s.max_fds as f64,
-            ),
-            (
-                "process_threads",
-                "Number of OS threads in the process",
-                s.threads as f64,
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds",
-                s.start_time_seconds,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        Ok(())
+    /// The charted series of the last minutes, up to now.
+    pub fn trends(&self) -> Trends {
+        Trends::new(&self.history.samples(), &self.sample())
     }
 }
 
@@ -243,6 +151,13 @@ mod tests {
         assert!(text.contains("# TYPE nebula_messages_published counter"));
         assert!(text.contains("nebula_messages_published_total 1"));
         assert!(text.contains("# TYPE nebula_delivery_latency_seconds histogram"));
+        // The lock-free histogram encodes as a classic one: cumulative buckets, sum, count.
+        assert!(text.contains("nebula_delivery_latency_seconds_bucket{le=\"0.002\"} 0\n"));
+        assert!(text.contains("nebula_delivery_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("nebula_delivery_latency_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("nebula_delivery_latency_seconds_count 1\n"));
+        assert!(text.contains("nebula_delivery_latency_seconds_sum 0.003\n"));
+        assert!(text.contains("nebula_ack_latency_seconds_count 0\n"));
         assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
         assert!(text.contains("# TYPE process_cpu_seconds counter"));
         assert!(text.ends_with("# EOF\n"));
