@@ -227,7 +227,10 @@ async fn run_worker(
         }
         let target = spec.nodes[attempt % spec.nodes.len()];
         attempt += 1;
-        say(format!("{}: connecting to {target} (attempt {attempt})", spec.name));
+        say(format!(
+            "{}: connecting to {target} (attempt {attempt})",
+            spec.name
+        ));
         let mut ws = match tokio::time::timeout(
             Duration::from_secs(5),
             ws_connect(target, Some(&cookie), None),

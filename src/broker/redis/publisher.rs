@@ -229,13 +229,23 @@ impl Publisher {
                     }
                     ("expired", _) => unavailable(batch, &self.metrics),
                     _ => {
-                        let sent = Sent { marker, deadline, epoch, ts };
+                        let sent = Sent {
+                            marker,
+                            deadline,
+                            epoch,
+                            ts,
+                        };
                         self.uncertain(batch, sent, rx, stop).await
                     }
                 }
             }
             None => {
-                let sent = Sent { marker, deadline, epoch, ts };
+                let sent = Sent {
+                    marker,
+                    deadline,
+                    epoch,
+                    ts,
+                };
                 self.uncertain(batch, sent, rx, stop).await
             }
         }
