@@ -103,6 +103,9 @@ struct Shared {
     budget: usize,
     /// Signalled whenever `queued` goes down.
     drained: Notify,
+    /// Requests handed on (publishes) whose answer is not queued yet: a shutdown waits for
+    /// them before its close frame.
+    unanswered: AtomicUsize,
 }
 
 /// The sending side of a connection's queue. Cheap to clone; never blocks.
@@ -130,6 +133,18 @@ pub enum Sent {
     Overflowed,
     /// The session is gone or closing.
     Gone,
+}
+
+/// A request whose answer is expected: counted while it lives.
+#[derive(Debug)]
+pub struct Expected {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.shared.unanswered.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Budget held for a reply that is being prepared (a store read): returned when dropped.
@@ -160,6 +175,7 @@ impl Outbox {
             queued: AtomicUsize::new(0),
             budget,
             drained: Notify::new(),
+            unanswered: AtomicUsize::new(0),
         });
         (
             Outbox {
@@ -177,7 +193,10 @@ impl Outbox {
     /// store) or anyone else, and never costs more than its budget.
     pub fn send(&self, frame: Frame) -> Sent {
         let shared = &self.shared;
-        if shared.closer.is_closed() {
+        // A session closing for a shutdown still takes its last answers (they go out before
+        // its 1001); any other closing session takes nothing more.
+        if shared.closer.is_closed() && shared.closer.ending() != Ending::Close(CloseCode::Shutdown)
+        {
             return Sent::Gone;
         }
         let cost = frame.len() + FRAME_OVERHEAD;
@@ -231,6 +250,15 @@ impl Outbox {
                     return None;
                 }
             }
+        }
+    }
+
+    /// Counts a request whose answer will come later (a publish); drop it once the answer is
+    /// queued.
+    pub fn expect_answer(&self) -> Expected {
+        self.shared.unanswered.fetch_add(1, Ordering::AcqRel);
+        Expected {
+            shared: self.shared.clone(),
         }
     }
 
@@ -295,6 +323,11 @@ impl OutboxReceiver {
 
     pub fn closer(&self) -> &Closer {
         &self.shared.closer
+    }
+
+    /// Requests whose answer is not queued yet.
+    pub fn unanswered(&self) -> usize {
+        self.shared.unanswered.load(Ordering::Acquire)
     }
 }
 

@@ -33,8 +33,6 @@ use crate::store::{Store, StoreOptions};
 
 /// How long a client may take to send a request's headers, and then its body.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long sessions may take to close by themselves at shutdown (their answers, then 1001).
-const DRAIN_DEADLINE: Duration = Duration::from_secs(6);
 /// How long a cluster node waits, at start, to hold what the cluster stored while it was away.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -52,9 +50,8 @@ struct App {
     cluster: bool,
     /// Sessions (reader and writer tasks); joined before the shards stop.
     sessions: TaskTracker,
-    /// Cancelled first at shutdown: every session finishes its answers and closes with 1001.
-    session_drain: CancellationToken,
-    /// Cancelled if sessions did not close by themselves in time: they close at once.
+    /// Cancelled at shutdown: every session stops taking requests, sends the answers of its
+    /// publishes in flight and what is queued, and closes with 1001.
     session_stop: CancellationToken,
     next_conn: AtomicU64,
     tasks: TaskTracker,
@@ -152,7 +149,6 @@ impl Nebula {
             }
         }
         let limits = Arc::new(Limits::new(config.publish_rate, config.connect_rate));
-        let session_drain = CancellationToken::new();
         let ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             broker: broker.clone(),
@@ -162,7 +158,6 @@ impl Nebula {
             node_id: node_id.clone(),
             outbox_bytes: config.outbox_bytes,
             ping_interval: Duration::from_secs(config.ping_interval.max(1)),
-            drain: session_drain.clone(),
         });
         let listener = listen(config.listen)?;
         let addr = listener.local_addr()?;
@@ -180,7 +175,6 @@ impl Nebula {
             ready: AtomicBool::new(true),
             cluster: config.redis_url.is_some(),
             sessions,
-            session_drain,
             session_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             tasks: tasks.clone(),
@@ -231,16 +225,9 @@ impl RunningServer {
         // stays open meanwhile so that load balancers can see it.
         self.app.ready.store(false, Ordering::SeqCst);
         self.app.sessions.close();
-        // Sessions finish their answers and close with 1001 by themselves; those that take
-        // too long are closed at once.
-        self.app.session_drain.cancel();
-        let patience = (started + DRAIN_DEADLINE).min(deadline);
-        if tokio::time::timeout_at(patience, self.app.sessions.wait())
-            .await
-            .is_err()
-        {
-            self.app.session_stop.cancel();
-        }
+        // Every session answers what is in flight (at most 2 s), sends its 1001 and waits for
+        // the client's reply (at most 3 s): all bounded, whatever the clients do.
+        self.app.session_stop.cancel();
         let sessions_done = tokio::time::timeout_at(deadline, self.app.sessions.wait())
             .await
             .is_ok();

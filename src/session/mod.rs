@@ -33,7 +33,8 @@ use crate::store::Store;
 
 /// How long a closing session waits for a client to take the close frame and answer it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// How long a draining session waits for the answers of its publishes in flight.
+/// How long a session closing for a shutdown waits for the answers of its publishes in flight
+/// (they are sent before its 1001).
 pub const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a request waits for the writer to drain before its reply fits the outbound budget;
 /// past it the client is a slow consumer (4008).
@@ -65,10 +66,6 @@ pub struct SessionContext {
     /// Interval of WebSocket pings (`--ping-interval`); a peer silent for three intervals is
     /// closed with 4000.
     pub ping_interval: Duration,
-    /// Cancelled when the server starts shutting down: each session stops taking requests,
-    /// waits (briefly) for the answers of its publishes in flight, sends what is queued, then
-    /// closes with 1001.
-    pub drain: tokio_util::sync::CancellationToken,
 }
 
 /// One connection's identity and settings.

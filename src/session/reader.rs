@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -13,7 +12,7 @@ use futures_util::stream::SplitStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use super::{BUDGET_PATIENCE, CLOSE_GRACE, DRAIN_PATIENCE, SessionContext, Socket};
+use super::{BUDGET_PATIENCE, CLOSE_GRACE, SessionContext, Socket};
 use crate::auth::User;
 use crate::broker::{Publish, PublishOutcome};
 use crate::conn::{Ending, Outbox};
@@ -27,8 +26,6 @@ pub(super) struct Reader {
     ctx: Arc<SessionContext>,
     user: User,
     outbox: Outbox,
-    /// Publishes handed to the broker and not answered yet.
-    in_flight: Arc<AtomicUsize>,
     /// Rooms this connection is a member of: changed only by the hub's answer to a join and by
     /// a leave.
     rooms: HashSet<Arc<str>>,
@@ -40,7 +37,6 @@ impl Reader {
             ctx,
             user,
             outbox,
-            in_flight: Arc::new(AtomicUsize::new(0)),
             rooms: HashSet::new(),
         }
     }
@@ -48,27 +44,29 @@ impl Reader {
     /// Reads until the session closes, leaves every room, then completes the close handshake.
     pub(super) async fn run(&mut self, mut stream: SplitStream<Socket>) {
         self.read_loop(&mut stream).await;
-        self.leave_all().await;
+        // Boxed (as the other rare steps): an idle session's task holds only the read loop.
+        Box::pin(self.leave_all()).await;
         let closer = self.outbox.closer();
         match closer.ending() {
             Ending::Gone => {}
             Ending::PeerClosed => {
                 // Reading on flushes tungstenite's answer to the client's close, then ends.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
+                let _ = Box::pin(tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    async { while let Some(Ok(_)) = stream.next().await {} },
+                ))
                 .await;
             }
             Ending::Close(_) => {
                 // The writer sends our close frame; wait a little for the client's reply so the
                 // handshake completes, whatever else it sends meanwhile.
-                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
                     while let Some(Ok(msg)) = stream.next().await {
                         if msg.is_close() {
                             break;
                         }
                     }
-                })
+                }))
                 .await;
             }
         }
@@ -77,25 +75,11 @@ impl Reader {
     async fn read_loop(&mut self, stream: &mut SplitStream<Socket>) {
         let closed = self.outbox.closer().closed_owned();
         tokio::pin!(closed);
-        let drain = self.ctx.drain.clone().cancelled_owned();
-        tokio::pin!(drain);
         let idle_limit = self.ctx.ping_interval * 3;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = &mut closed => return,
-                _ = &mut drain => {
-                    // The server shuts down: no new request; the answers of publishes in
-                    // flight go out before the close (1001), so no client is left guessing.
-                    let deadline = tokio::time::Instant::now() + DRAIN_PATIENCE;
-                    while self.in_flight.load(Ordering::Acquire) > 0
-                        && tokio::time::Instant::now() < deadline
-                    {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                    self.outbox.closer().close(CloseCode::Shutdown);
-                    return;
-                }
                 next = tokio::time::timeout(idle_limit, stream.next()) => next,
             };
             let closer = self.outbox.closer();
@@ -159,42 +143,47 @@ impl Reader {
         };
         match request {
             Request::Ping => self.reply(codec.pong(id)),
-            Request::Join { room, since } => self.join(id, room, since).await,
+            Request::Join { room, since } => Box::pin(self.join(id, room, since)).await,
             Request::Leave { room } => {
                 self.rooms.remove(&room);
                 let (conn, outbox) = (self.outbox.conn, self.outbox.clone());
-                self.ctx.hub.leave(conn, room, Some(id), outbox).await;
+                Box::pin(self.ctx.hub.leave(conn, room, Some(id), outbox)).await;
             }
             Request::Publish { room, body, key } => self.publish(id, room, body, key),
             Request::History { room, page, limit } => {
-                if !self.rooms.contains(&room) {
-                    return self.error(id, ErrorCode::NotJoined, "join the room first");
-                }
-                // Hold the reply's budget before reading: a client that asks and never reads
-                // gets 4008 instead of making the server read for it.
-                let Some(_budget) = self.outbox.reserve(MAX_REPLY_BYTES, BUDGET_PATIENCE).await
-                else {
-                    return;
-                };
-                match self.ctx.store.read_page(room.clone(), page, limit).await {
-                    Ok(read) => {
-                        let messages: Vec<_> =
-                            read.messages.into_iter().map(Encoded::new).collect();
-                        let (frame, _held) = codec.history(id, &room, &messages, read.more);
-                        self.reply(frame);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "history read failed");
-                        self.error(id, ErrorCode::Unavailable, "history is unavailable");
-                    }
-                }
+                // Boxed, as the join: an idle session's state stays small (the read's future
+                // lives only while it runs).
+                Box::pin(self.history(id, room, page, limit)).await
             }
             Request::Presence { room } => {
                 if !self.rooms.contains(&room) {
                     return self.error(id, ErrorCode::NotJoined, "join the room first");
                 }
                 let (conn, outbox) = (self.outbox.conn, self.outbox.clone());
-                self.ctx.hub.presence(conn, room, id, outbox).await;
+                Box::pin(self.ctx.hub.presence(conn, room, id, outbox)).await;
+            }
+        }
+    }
+
+    async fn history(&mut self, id: u64, room: Arc<str>, page: protocol::Page, limit: usize) {
+        let codec = self.outbox.codec;
+        if !self.rooms.contains(&room) {
+            return self.error(id, ErrorCode::NotJoined, "join the room first");
+        }
+        // Hold the reply's budget before reading: a client that asks and never reads gets
+        // 4008 instead of making the server read for it.
+        let Some(_budget) = self.outbox.reserve(MAX_REPLY_BYTES, BUDGET_PATIENCE).await else {
+            return;
+        };
+        match self.ctx.store.read_page(room.clone(), page, limit).await {
+            Ok(read) => {
+                let messages: Vec<_> = read.messages.into_iter().map(Encoded::new).collect();
+                let (frame, _held) = codec.history(id, &room, &messages, read.more);
+                self.reply(frame);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "history read failed");
+                self.error(id, ErrorCode::Unavailable, "history is unavailable");
             }
         }
     }
@@ -238,8 +227,8 @@ impl Reader {
         let outbox = self.outbox.clone();
         let metrics = metrics.clone();
         let started = Instant::now();
-        let in_flight = self.in_flight.clone();
-        in_flight.fetch_add(1, Ordering::AcqRel);
+        // Counted until answered: a shutdown sends the answers before its 1001.
+        let answer = outbox.expect_answer();
         let reply_room = room.clone();
         let publish = Publish {
             room,
@@ -266,7 +255,7 @@ impl Reader {
                     }
                 };
                 outbox.send(frame);
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+                drop(answer);
             }),
         );
     }

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
-use super::{CLOSE_GRACE, Socket};
+use super::{CLOSE_GRACE, DRAIN_PATIENCE, Socket};
 use crate::conn::{Ending, OutboxReceiver};
 use crate::protocol::CloseCode;
 
@@ -72,9 +72,13 @@ pub(super) async fn run(
             }
         }
     }
-    // A shutdown sends what is queued first (the last answers); any other close drops it and
-    // sends nothing but its close frame.
+    // A shutdown first waits (briefly) for the answers of publishes in flight and sends what
+    // is queued; any other close drops it and sends nothing but its close frame.
     if rx.closer().ending() == Ending::Close(CloseCode::Shutdown) {
+        let patience = tokio::time::Instant::now() + DRAIN_PATIENCE;
+        while rx.unanswered() > 0 && tokio::time::Instant::now() < patience {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let n = rx.take_queued(&mut batch);
         let bytes: usize = batch.iter().map(|f| f.len()).sum();
         let flush = async {
