@@ -27,6 +27,8 @@ pub struct Report {
     acked: u64,
     errors: u64,
     deliveries: u64,
+    /// Payload bytes of the message pushes received.
+    delivered_bytes: u64,
     lost: u64,
     duplicated: u64,
     latency: Latencies,
@@ -42,6 +44,7 @@ struct Member {
     acked: u64,
     errors: u64,
     deliveries: u64,
+    delivered_bytes: u64,
     duplicated: u64,
     /// Offsets skipped in what this member received.
     gaps: u64,
@@ -150,6 +153,7 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
                                 m.gaps += offset - m.expected;
                                 m.expected = offset + 1;
                                 m.deliveries += 1;
+                                m.delivered_bytes += frame.len() as u64;
                                 if let Some(sent) = sent_us {
                                     let took = now.saturating_sub(sent).max(1);
                                     histogram.lock().expect("histogram").saturating_record(took);
@@ -215,6 +219,7 @@ pub async fn worker(args: &FanoutArgs, index: usize, workers: usize) -> Result<R
             report.acked += m.acked;
             report.errors += m.errors;
             report.deliveries += m.deliveries;
+            report.delivered_bytes += m.delivered_bytes;
             report.duplicated += m.duplicated;
             report.lost += m.gaps + last.saturating_sub(m.expected.saturating_sub(1));
         }
@@ -250,6 +255,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         sum.acked += r.acked;
         sum.errors += r.errors;
         sum.deliveries += r.deliveries;
+        sum.delivered_bytes += r.delivered_bytes;
         sum.lost += r.lost;
         sum.duplicated += r.duplicated;
         sum.first_error = sum.first_error.or(r.first_error);
@@ -277,6 +283,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         "errors": sum.errors,
         "deliveries": sum.deliveries,
         "deliveries_per_sec": sum.deliveries as f64 / secs,
+        "bytes_per_delivery": sum.delivered_bytes as f64 / sum.deliveries.max(1) as f64,
         "latency_ms": { "p50": p.p50, "p95": p.p95, "p99": p.p99, "max": p.max },
         "ack_latency_ms": { "p50": a.p50, "p95": a.p95, "p99": a.p99, "max": a.max },
         "acks_per_sec": sum.acked as f64 / secs,
@@ -288,7 +295,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
     });
     let human = format!(
         "fanout: {} connections ({} failed), {} rooms x {}, {:.0} msg/s for {secs:.0} s\n\
-         published {} acked {} errors {}; deliveries {} = {:.0}/s\n\
+         published {} acked {} errors {}; deliveries {} = {:.0}/s, {:.1} bytes each\n\
          delivery latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms; lost {} duplicated {}{}\n\
          ack latency p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n\
          cross-node deliveries {}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
@@ -302,6 +309,7 @@ pub fn parent(args: &FanoutArgs, pool: &mut Workers) -> Result<Summary> {
         sum.errors,
         sum.deliveries,
         sum.deliveries as f64 / secs,
+        sum.delivered_bytes as f64 / sum.deliveries.max(1) as f64,
         p.p50,
         p.p95,
         p.p99,
