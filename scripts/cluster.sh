@@ -9,13 +9,15 @@
 #
 # Environment: CLUSTER_DIR (default ./nebula-cluster), REDIS_PORT (6390), BASE_PORT (8080),
 # NEBULA_SECRET (default: a key generated once into $CLUSTER_DIR/secret), NEBULA_FLAGS (extra flags for each node,
-# e.g. "--publish-rate 0 --connect-rate 0" for load tests).
+# e.g. "--publish-rate 0 --connect-rate 0" for load tests), NEBULA_BIN (a built nebula binary;
+# default: `cargo build --release` and ./target/release/nebula).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${CLUSTER_DIR:-./nebula-cluster}
 redis_port=${REDIS_PORT:-6390}
 base=${BASE_PORT:-8080}
 flags=${NEBULA_FLAGS:-}
+bin=${NEBULA_BIN:-}
 
 stop() {
   [ -f "$dir/pids" ] || return 0
@@ -38,7 +40,10 @@ stop() {
 start() {
   command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
   [ -f "$dir/pids" ] && { echo "a cluster is already running ($dir/pids); scripts/cluster.sh stop" >&2; exit 1; }
-  cargo build --release --bin nebula -q
+  if [ -z "$bin" ]; then
+    cargo build --release --bin nebula -q
+    bin=./target/release/nebula
+  fi
   mkdir -p "$dir/redis"
   # One cookie key for the three nodes, generated once and readable by this user alone.
   if [ -z "${NEBULA_SECRET:-}" ]; then
@@ -51,7 +56,7 @@ start() {
   until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
   for i in 1 2 3; do
     port=$((base + i))
-    ./target/release/nebula --listen "127.0.0.1:$port" --data-dir "$dir/node$i" \
+    "$bin" --listen "127.0.0.1:$port" --data-dir "$dir/node$i" \
       --redis "redis://127.0.0.1:$redis_port/" --node-id "node$i" $flags > "$dir/node$i.log" 2>&1 &
     echo "node$i $!" >> "$dir/pids"
   done
