@@ -53,7 +53,11 @@ start() {
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --appendonly yes \
     --appendfsync always --save "" --daemonize no > "$dir/redis.log" 2>&1 &
   echo "redis $!" > "$dir/pids"
-  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+  local redis_pid=$!
+  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do
+    kill -0 "$redis_pid" 2>/dev/null || { echo "redis exited at start; see $dir/redis.log" >&2; tail -n 5 "$dir/redis.log" >&2; stop; exit 1; }
+    sleep 0.1
+  done
   for i in 1 2 3; do
     port=$((base + i))
     "$bin" --listen "127.0.0.1:$port" --data-dir "$dir/node$i" \
@@ -61,7 +65,11 @@ start() {
     echo "node$i $!" >> "$dir/pids"
   done
   for i in 1 2 3; do
-    until curl -sf "http://127.0.0.1:$((base + i))/readyz" >/dev/null; do sleep 0.1; done
+    pid=$(awk -v n="node$i" '$1==n {print $2}' "$dir/pids")
+    until curl -sf "http://127.0.0.1:$((base + i))/readyz" >/dev/null; do
+      kill -0 "$pid" 2>/dev/null || { echo "node$i exited at start; see $dir/node$i.log" >&2; tail -n 5 "$dir/node$i.log" >&2; stop; exit 1; }
+      sleep 0.1
+    done
   done
   echo "redis  redis://127.0.0.1:$redis_port/"
   for i in 1 2 3; do echo "node$i  http://127.0.0.1:$((base + i))   (pid $(awk -v n=node$i '$1==n {print $2}' "$dir/pids"), log $dir/node$i.log)"; done
