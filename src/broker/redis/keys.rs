@@ -9,7 +9,7 @@
 //! | `nebula:{room}:idem:<user>:<key>` | an idempotency key's offset, 10 minutes |
 //! | `nebula:rooms` | every room with messages |
 //! | `nebula:feed` | every message of the cluster in order (capped stream): what nodes follow |
-//! | `nebula:batch:<node>:<n>` | a publish batch's results, 10 minutes (to resolve a timeout) |
+//! | `nebula:batch:<node>:<run>:<n>` | a publish batch's results, 10 minutes (to resolve a timeout) |
 //! | `nebula:repair` | the repair lock |
 //! | `nebula:nodes`, `nebula:node:<node>` | the nodes, and each one's liveness (5 s) |
 //! | `nebula:presence:<node>`, `nebula:pver:<node>` | a node's present `room\|user -> name`, and its version |
@@ -49,8 +49,11 @@ pub fn log(room: &str) -> String {
 pub fn idem(room: &str, user: &str, key: &str) -> String {
     format!("nebula:{{{room}}}:idem:{user}:{key}")
 }
-pub fn batch(node: &str, n: u64) -> String {
-    format!("nebula:batch:{node}:{n}")
+/// The marker of batch `n` of one run of a node's publisher. The run id is random per start:
+/// a restarted node numbers its batches from 1 again, and must never take an earlier run's
+/// marker (kept 10 minutes) for the answer to its own uncertain batch.
+pub fn batch(node: &str, run: &str, n: u64) -> String {
+    format!("nebula:batch:{node}:{run}:{n}")
 }
 pub fn liveness(node: &str) -> String {
     format!("nebula:node:{node}")

@@ -62,6 +62,8 @@ pub(super) struct Publisher {
     metrics: Arc<Metrics>,
     script: redis::Script,
     resolve: redis::Script,
+    /// This run of the publisher (random per start; names its markers with `batches`).
+    run: String,
     /// Batches sent so far (names their markers).
     batches: u64,
 }
@@ -137,6 +139,7 @@ impl Publisher {
             metrics,
             script: redis::Script::new(&keys::publish_script()),
             resolve: redis::Script::new(&keys::resolve_script()),
+            run: format!("{:016x}", rand::random::<u64>()),
             batches: 0,
         }
     }
@@ -185,7 +188,7 @@ impl Publisher {
             return unavailable(batch, &self.metrics);
         };
         self.batches += 1;
-        let marker = keys::batch(&shared.node, self.batches);
+        let marker = keys::batch(&shared.node, &self.run, self.batches);
         let deadline = shared.redis_now_ms() + DEADLINE.as_millis() as i64;
         let ts = crate::protocol::now_ms().to_string();
         let mut call = self.script.prepare_invoke();
