@@ -105,9 +105,8 @@ pub(super) fn from_read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::User;
+    use crate::hub::room::tests::msg;
     use crate::metrics::Metrics;
-    use crate::protocol::Message;
 
     fn room(last: u64, ring: u64) -> Room {
         let metrics = Metrics::new();
@@ -117,19 +116,6 @@ mod tests {
             room.deliver(msg(o), &metrics);
         }
         room
-    }
-
-    fn msg(offset: u64) -> Message {
-        Message {
-            room: "r".into(),
-            offset,
-            user: User {
-                id: "a".into(),
-                name: "a".into(),
-            },
-            body: "x".into(),
-            ts: 0,
-        }
     }
 
     fn offsets(a: &Assembled) -> Vec<u64> {

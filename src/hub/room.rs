@@ -210,7 +210,7 @@ impl Room {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::conn::Closer;
     use tokio_util::sync::CancellationToken;
@@ -227,7 +227,8 @@ mod tests {
         }
     }
 
-    fn msg(offset: u64) -> Message {
+    /// A message of room `r` at `offset` (the hub's tests share it).
+    pub(in crate::hub) fn msg(offset: u64) -> Message {
         Message {
             room: "r".into(),
             offset,
