@@ -105,3 +105,40 @@ pub async fn run(
     }
     ctx.metrics.connections.dec();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_config;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    /// A reply of any size the server built goes out whole, the way the session writer sends
+    /// (feed, then flush), over a real socket. With tungstenite's write buffer capped at 1 MiB,
+    /// as it was, a 3 MiB frame failed and the connection died without a close frame.
+    #[tokio::test]
+    async fn a_frame_bigger_than_a_mib_is_written_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(64 << 20))
+                .max_frame_size(Some(64 << 20));
+            let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, Some(config)).await;
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(text))) => text.len(),
+                other => panic!("expected the big frame, got {other:?}"),
+            }
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws =
+            WebSocketStream::from_raw_socket(tcp, Role::Server, Some(websocket_config())).await;
+        let big = "x".repeat(3 << 20);
+        ws.feed(WsMessage::text(big)).await.unwrap();
+        ws.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), 3 << 20);
+    }
+}
