@@ -220,37 +220,28 @@ impl Publisher {
             call.invoke_async::<Value>(&mut self.conn),
         );
         let answer = refusing_meanwhile(invoke, rx, shared, &self.metrics).await;
+        let sent = Sent {
+            marker,
+            deadline,
+            epoch,
+            ts,
+        };
         match answer.ok().and_then(Result::ok).and_then(parse_answer) {
             Some((status, now, rest)) => {
                 self.shared.saw_redis_time(now);
                 match (status.as_str(), rest) {
-                    ("ok", Some(packed)) => self.stored(batch, &packed, &ts).await,
+                    ("ok", Some(packed)) => self.stored(batch, &packed, &sent.ts).await,
                     ("fenced" | "behind", _) => {
                         tracing::warn!(%status, "redis refused a batch for its numbering; repairing");
                         self.shared.request_repair();
                         unavailable(batch, &self.metrics);
                     }
                     ("expired", _) => unavailable(batch, &self.metrics),
-                    _ => {
-                        let sent = Sent {
-                            marker,
-                            deadline,
-                            epoch,
-                            ts,
-                        };
-                        self.uncertain(batch, sent, rx, stop).await
-                    }
+                    // An answer that says nothing certain counts as lost.
+                    _ => self.uncertain(batch, sent, rx, stop).await,
                 }
             }
-            None => {
-                let sent = Sent {
-                    marker,
-                    deadline,
-                    epoch,
-                    ts,
-                };
-                self.uncertain(batch, sent, rx, stop).await
-            }
+            None => self.uncertain(batch, sent, rx, stop).await,
         }
     }
 
