@@ -46,6 +46,24 @@ async fn workers(
     Ok(all)
 }
 
+/// Stops the workers, then checks what they sent and received against every node's history of
+/// `names` (the nodes get 15 s to agree).
+async fn judge(
+    cl: &Cluster,
+    workers: Vec<Worker>,
+    names: &[&str],
+) -> Result<(Vec<Report>, Verdict)> {
+    let reports = finish(cl, workers).await?;
+    let v = check(
+        &cl.addrs(),
+        &rooms(names),
+        &reports,
+        Duration::from_secs(15),
+    )
+    .await?;
+    Ok((reports, v))
+}
+
 async fn finish(cl: &Cluster, workers: Vec<Worker>) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     for w in workers {
@@ -89,14 +107,7 @@ async fn kill_9_of_a_node_under_load() -> Result<()> {
     cl.restart(2).await?;
     let back = t0.elapsed();
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(&cl, ws).await?;
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a", "b"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
+    let (_, v) = judge(&cl, ws, &["a", "b"]).await?;
     verdict(
         "kill -9 of a node",
         &v,
@@ -114,14 +125,7 @@ async fn redis_kill_9_with_aof() -> Result<()> {
     cl.redis.spawn()?;
     let recovery = ready_is(cl.addr(0), 200, Duration::from_secs(20)).await?;
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(&cl, ws).await?;
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
+    let (_, v) = judge(&cl, ws, &["a"]).await?;
     verdict(
         "Redis kill -9 (AOF always)",
         &v,
@@ -142,14 +146,7 @@ async fn redis_loses_its_data(
     lose(&mut cl.redis)?;
     // Publishing comes back: some publish is acked again after the loss.
     sleep(Duration::from_secs(6)).await;
-    let reports = finish(&cl, ws).await?;
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a", "b"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
+    let (_, v) = judge(&cl, ws, &["a", "b"]).await?;
     let repairs = metric(cl.addr(0), "nebula_redis_repairs_total").await?
         + metric(cl.addr(1), "nebula_redis_repairs_total").await?;
     ensure!(repairs >= 1.0, "{row}: no node repaired Redis");
@@ -200,19 +197,12 @@ async fn redis_frozen(secs: u64) -> Result<()> {
     let recovered = ready_is(cl.addr(0), 200, Duration::from_secs(20)).await?;
     ensure!(metric(cl.addr(0), "nebula_redis_connected").await? == 1.0);
     sleep(Duration::from_secs(3)).await;
-    let reports = finish(&cl, ws).await?;
+    let (reports, v) = judge(&cl, ws, &["a"]).await?;
     let slowest = reports
         .iter()
         .map(|r| r.slowest_answer)
         .max()
         .unwrap_or_default();
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
     verdict(
         &format!("Redis SIGSTOP {secs} s"),
         &v,
@@ -349,14 +339,7 @@ async fn a_nodes_store_failing_for_3_s() -> Result<()> {
     sleep(Duration::from_secs(4)).await;
     let failures = metric(cl.addr(1), "nebula_store_commit_failures_total").await?;
     ensure!(failures >= 1.0, "the lock did not make a commit fail");
-    let reports = finish(&cl, ws).await?;
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
+    let (_, v) = judge(&cl, ws, &["a"]).await?;
     // A since-join on the node that failed: recovered over the whole range, nothing missing.
     let mut late = Client::login(cl.addr(1), "late").await?;
     let j = late
@@ -384,15 +367,8 @@ async fn rolling_restart_of_three_nodes_under_load() -> Result<()> {
         sleep(Duration::from_secs(1)).await;
     }
     sleep(Duration::from_secs(2)).await;
-    let reports = finish(&cl, ws).await?;
+    let (reports, v) = judge(&cl, ws, &["a", "b"]).await?;
     let reconnects: u64 = reports.iter().map(|r| r.reconnects).sum();
-    let v = check(
-        &cl.addrs(),
-        &rooms(&["a", "b"]),
-        &reports,
-        Duration::from_secs(15),
-    )
-    .await?;
     verdict(
         "rolling restart of 3 nodes",
         &v,
