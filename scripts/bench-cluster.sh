@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
-# The cluster figures of docs/PERFORMANCE.md: the seed scenario and the cross-node latency,
-# three runs each, on a fresh local cluster. usage: scripts/bench-cluster.sh TAG
-# (NEBULA_BIN: the nebula binary to measure, default ./target/release/nebula)
-set -u
+# The cluster figures of docs/PERFORMANCE.md, on a fresh local cluster (scripts/cluster.sh):
+# the seed scenario (20,000 connections over 3 nodes) and the cross-node latency (2 nodes),
+# three runs each; after each cross-node run, the CPU Redis and node 1 used during it
+# (/proc/<pid>/stat) and the bytes Redis's AOF grew by.
+#
+#   scripts/bench-cluster.sh [TAG]
+#
+# Environment: NEBULA_BIN (the nebula binary to measure, default ./target/release/nebula; an
+# older build needs NEBULA_SECRET set), FSYNC (Redis's appendfsync for the run, e.g. everysec;
+# default: cluster.sh's `always`), RUNS (3), SEED=0 to skip the seed scenario. Uses ports 6399
+# and 8181-8183; the cluster's files stay in /tmp/cb-TAG.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-run}
-ulimit -n 20000
+runs=${RUNS:-3}
+ulimit -n "$(ulimit -Hn)"
 export CLUSTER_DIR=/tmp/cb-$tag REDIS_PORT=6399 BASE_PORT=8180 NEBULA_BIN=${NEBULA_BIN:-./target/release/nebula}
 export NEBULA_FLAGS="--publish-rate 0 --connect-rate 0"
-rm -rf $CLUSTER_DIR
-scripts/cluster.sh start > /tmp/cb-$tag.start 2>&1
+[ -x ./target/release/nebula-bench ] || cargo build --release --bin nebula-bench -q
+rm -rf "$CLUSTER_DIR"
+scripts/cluster.sh start > "/tmp/cb-$tag.start" 2>&1 || { cat "/tmp/cb-$tag.start" >&2; exit 1; }
+trap 'scripts/cluster.sh stop >/dev/null' EXIT
+[ -n "${FSYNC:-}" ] && redis-cli -p 6399 config set appendfsync "$FSYNC" >/dev/null
+redis_pid=$(awk '$1=="redis" {print $2}' "$CLUSTER_DIR/pids")
+node_pid=$(awk '$1=="node1" {print $2}' "$CLUSTER_DIR/pids")
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+hz=$(getconf CLK_TCK)
+aof() { du -sb "$CLUSTER_DIR/redis" | cut -f1; }
 B=./target/release/nebula-bench
-for i in 1 2 3; do
-  $B fanout --url http://127.0.0.1:8181,http://127.0.0.1:8182,http://127.0.0.1:8183 --rooms 400 --members 50 --rate 1000 --duration 30s 2>&1 | tail -4 | sed "s/^/seed$i /"
-done
-for i in 1 2 3; do
+if [ "${SEED:-1}" != 0 ]; then
+  for i in $(seq 1 "$runs"); do
+    $B fanout --url http://127.0.0.1:8181,http://127.0.0.1:8182,http://127.0.0.1:8183 --rooms 400 --members 50 --rate 1000 --duration 30s 2>&1 | tail -4 | sed "s/^/seed$i /"
+  done
+fi
+for i in $(seq 1 "$runs"); do
+  r0=$(cpu "$redis_pid"); n0=$(cpu "$node_pid"); a0=$(aof)
   $B fanout --url http://127.0.0.1:8181,http://127.0.0.1:8182 --rooms 100 --members 2 --rate 1000 --duration 20s 2>&1 | tail -4 | sed "s/^/cross$i /"
+  r1=$(cpu "$redis_pid"); n1=$(cpu "$node_pid"); a1=$(aof)
+  echo "cross$i redis cpu $(echo "scale=2; ($r1 - $r0) / $hz" | bc) s, node1 cpu $(echo "scale=2; ($n1 - $n0) / $hz" | bc) s, aof +$((a1 - a0)) bytes (20,000 messages)"
 done
-scripts/cluster.sh stop

@@ -12,7 +12,8 @@
 # files here, and k6 is single-threaded in this setup), ROOM_SIZE (50), INTERVAL (seconds
 # between two publishes of a user, 60; see docs/PERFORMANCE.md for 30 and 20), DURATION (60s), OPEN_RATE (per k6 process, 2000/s),
 # OUT (directory for the logs and results, default a temporary one), NEBULA_BIN (a built
-# binary; default: cargo build --release).
+# binary; default: cargo build --release), and for each k6 process K6_GOMAXPROCS (1), K6_GOGC
+# (off) and K6_MEMLIMIT (3GiB), Go's GOMAXPROCS, GOGC and GOMEMLIMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${CONNECTIONS:-20000}
