@@ -249,6 +249,19 @@ pub async fn ws_connect(target: SocketAddr, options: WsOptions<'_>) -> Result<Ws
     Ok(ws)
 }
 
+/// A Protobuf request (subprotocol `nebula.v1.proto`) as the binary frame that carries it.
+pub fn proto_request(
+    id: u64,
+    kind: crate::protocol::pb::client_frame::Type,
+) -> tokio_tungstenite::tungstenite::Message {
+    use prost::Message as _;
+    let frame = crate::protocol::pb::ClientFrame {
+        id,
+        r#type: Some(kind),
+    };
+    tokio_tungstenite::tungstenite::Message::Binary(frame.encode_to_vec().into())
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

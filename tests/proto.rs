@@ -123,16 +123,7 @@ async fn protobuf_and_json_members_share_a_room_and_its_offsets() -> Result<()> 
         welcome.r#type,
         Some(pb::server_frame::Type::Welcome(_))
     ));
-    let frame = |id, kind| {
-        Message::Binary(
-            pb::ClientFrame {
-                id,
-                r#type: Some(kind),
-            }
-            .encode_to_vec()
-            .into(),
-        )
-    };
+    let frame = client::proto_request;
     use pb::client_frame::Type as C;
     ws.send(frame(
         1,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use nebula::client::{HttpClient, parse_url};
+use nebula::client::{HttpClient, parse_url, proto_request as proto};
 use nebula::protocol::Codec;
 use nebula::protocol::pb;
 use prost::Message as _;
@@ -92,17 +92,6 @@ pub fn decode(codec: Codec, frame: &Message) -> Event {
         }
         _ => Event::Other,
     }
-}
-
-fn proto(id: u64, kind: pb::client_frame::Type) -> Message {
-    Message::Binary(
-        pb::ClientFrame {
-            id,
-            r#type: Some(kind),
-        }
-        .encode_to_vec()
-        .into(),
-    )
 }
 
 pub fn join(codec: Codec, id: u64, room: &str) -> Message {
