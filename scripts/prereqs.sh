@@ -14,28 +14,23 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v docker >/dev/null 2>&1 || need_apt+=(docker.io)
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
-if [ ${#need_apt[@]} -gt 0 ]; then
+# apt_install [apt options] PACKAGE...: as root, or a clear message of what is missing.
+apt_install() {
+  local opts=() pkgs=()
+  for a in "$@"; do case "$a" in -*) opts+=("$a") ;; *) pkgs+=("$a") ;; esac; done
   if [ "$(id -u)" != 0 ]; then
-    echo "missing: ${need_apt[*]} — install them (apt-get install ${need_apt[*]}) or run as root" >&2
+    echo "missing: ${pkgs[*]} — install them (apt-get install ${opts[*]} ${pkgs[*]}) or run as root" >&2
     exit 1
   fi
-  echo "installing ${need_apt[*]} ..."
+  echo "installing ${pkgs[*]} ..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+  apt-get install -y -qq "${opts[@]}" "${pkgs[@]}" >/dev/null
+}
+[ ${#need_apt[@]} -gt 0 ] && apt_install "${need_apt[@]}"
 # The metrics test (tests/metrics.rs): a real Prometheus scrapes the server. Without its
 # recommends, which would bring node-exporter and its collectors along.
-if ! command -v prometheus >/dev/null 2>&1; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing: prometheus — install it (apt-get install --no-install-recommends prometheus) or run as root" >&2
-    exit 1
-  fi
-  echo "installing prometheus ..."
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
+command -v prometheus >/dev/null 2>&1 || apt_install --no-install-recommends prometheus
 # A Debian install may start a system redis on 6379; the tests start their own on free ports.
 docker info >/dev/null 2>&1 || echo "warning: the Docker daemon is not reachable (docker info); the compose test will fail" >&2
 
