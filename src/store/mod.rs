@@ -124,6 +124,11 @@ CREATE TABLE IF NOT EXISTS revocations (
 ) WITHOUT ROWID;
 ";
 
+/// The page size of a new database. Each commit writes every page it touched to the WAL, and a
+/// message is a few hundred bytes: with SQLite's default of 4 KiB, one message committed alone
+/// (a quiet room, a publish acked at once) wrote about 12 KiB.
+const PAGE_SIZE: u32 = 1024;
+
 fn open_connection(path: &Path, fsync: Fsync, write: bool) -> Result<Connection, StoreError> {
     let flags = if write {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
@@ -133,6 +138,8 @@ fn open_connection(path: &Path, fsync: Fsync, write: bool) -> Result<Connection,
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(2))?;
     if write {
+        // Only a new (empty) database takes it; an existing one keeps its page size.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match fsync {
             Fsync::Normal => "NORMAL",
