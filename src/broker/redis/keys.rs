@@ -86,8 +86,9 @@ const NOW_MS: &str = "local t = redis.call('TIME'); local now = tonumber(t[1]) *
 /// clock is past the deadline the node gave (so a script that waited in a frozen Redis never
 /// runs after the node answered), and (`behind`) when a room's numbering is below what the
 /// node already stored (Redis lost data): nothing is written then. Otherwise numbers each
-/// message (or finds its idempotency key), appends it to its room's stream and to the feed, and
-/// records the results under the batch marker.
+/// message (or finds its idempotency key), appends it to its room's stream and to the feed
+/// (neither with a `k` field when it has no key), and records the results under the batch
+/// marker.
 pub fn publish_script() -> String {
     format!(
         r#"
@@ -109,8 +110,10 @@ for i = 0, n - 1 do
     results[#results + 1] = 'd' .. prev
   else
     local o = redis.call('INCR', KEYS[4 + i * 3])
-    redis.call('XADD', KEYS[5 + i * 3], 'MAXLEN', '~', ARGV[4], o .. '-0', 'u', uid, 'n', name, 'b', body, 't', ts, 'k', key)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', room, 'o', o, 'u', uid, 'n', name, 'b', body, 't', ts, 'k', key)
+    local fields = {{'u', uid, 'n', name, 'b', body, 't', ts}}
+    if key ~= '' then fields[9] = 'k'; fields[10] = key end
+    redis.call('XADD', KEYS[5 + i * 3], 'MAXLEN', '~', ARGV[4], o .. '-0', unpack(fields))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', room, 'o', o, unpack(fields))
     if key ~= '' then redis.call('SET', KEYS[6 + i * 3], o, 'PX', 600000) end
     redis.call('SADD', 'nebula:rooms', room)
     results[#results + 1] = 's' .. o
