@@ -6,8 +6,8 @@ collects (scripts/bench-cluster.sh's output, each line prefixed with the build a
 
 seed p50/p95/p99: every delivery of the seed scenario; cross p50/p95/p99: cross-node
 deliveries of the two-node command; redis/node1 cpu: seconds per cross-node run; aof and
-node1 disk: bytes per message of a cross-node run (a run with a negative AOF growth held an
-AOF rewrite)."""
+node1 disk: bytes per message of a cross-node run (an AOF rewrite shows as a larger growth in
+the run it falls in and a negative one in the next)."""
 import collections
 import re
 import statistics
