@@ -319,3 +319,57 @@ async fn a_new_store_has_small_pages_and_an_older_one_keeps_its_own() -> Result<
     tracker.wait().await;
     Ok(())
 }
+
+/// Completions run in commit order whichever thread runs them: a small commit runs its own on
+/// the writer thread only when the completion thread has nothing left, so a single append
+/// committed while a large batch's slow completions are still running waits behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_run_in_commit_order_on_either_thread() -> Result<()> {
+    let tracker = TaskTracker::new();
+    let dir = tempfile::tempdir()?;
+    let store = open_sqlite(dir.path(), &tracker);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let queue = |slow: bool| {
+        let seen = seen.clone();
+        let (tx, rx) = oneshot::channel();
+        let op = WriteOp::Append(Append {
+            room: "r".into(),
+            user: user("a"),
+            body: "x".into(),
+            key: None,
+            ts: nebula::protocol::now_ms(),
+            done: Box::new(move |r| {
+                if slow {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                seen.lock().expect("seen").push(stored_offset(r));
+                let _ = tx.send(());
+            }),
+        });
+        assert!(store.try_write(op).is_ok(), "the queue has room");
+        rx
+    };
+    let mut waits = Vec::new();
+    for _ in 0..20 {
+        // A burst (large batches, handed to the completion thread; its first completion is
+        // slow), then one append alone, committed while that thread is still busy.
+        for i in 0..300 {
+            waits.push(queue(i == 0));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        waits.push(queue(false));
+        // And one alone when all is quiet (run on the writer thread).
+        for w in waits.drain(..) {
+            w.await?;
+        }
+        queue(false).await?;
+    }
+    let seen = seen.lock().expect("seen").clone();
+    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(seen.len(), 20 * 302);
+    assert!(seen == expected, "completions out of commit order");
+    store.close().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}

@@ -13,7 +13,7 @@ pub struct LocalBroker {
     store: Store,
     events: Arc<dyn BrokerEvents>,
     metrics: Arc<Metrics>,
-    /// The runtime the store's completion thread hands deliveries to.
+    /// The runtime the store's completions hand deliveries to.
     runtime: tokio::runtime::Handle,
 }
 
@@ -40,8 +40,9 @@ impl Broker for LocalBroker {
             body: p.body,
             key: p.key,
             ts: crate::protocol::now_ms(),
-            // Runs on the store's completion thread, in commit order: the ack first, then the
-            // delivery (which waits while the room's shard is busy).
+            // Runs after the commit, in commit order (on the writer thread, or on the store's
+            // completion thread for a large batch): the ack first, then the delivery (which
+            // waits while the room's shard is busy).
             done: Box::new(move |outcome| match outcome {
                 Ok(AppendOutcome::Stored(message)) => {
                     metrics.messages_published.inc();

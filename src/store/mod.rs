@@ -191,9 +191,9 @@ impl Store {
         let checkpointer = open_connection(&path, options.fsync, true)?;
         let state = writer::Writer::load(conn, stop_checkpoints.clone(), metrics)?;
         let (writes, rx) = mpsc::channel(options.queue.max(1));
-        let (completions, completed) = std::sync::mpsc::sync_channel(64);
+        let (completions, complete) = writer::Completer::new();
         tracker.spawn_blocking(move || state.run(rx, completions));
-        tracker.spawn_blocking(move || writer::complete(completed));
+        tracker.spawn_blocking(complete);
         tracker.spawn_blocking(move || writer::checkpoint_loop(checkpointer, stop_checkpoints));
         Ok(Store {
             inner: Arc::new(Inner {

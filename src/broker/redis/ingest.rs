@@ -276,7 +276,8 @@ impl Ingest {
         let runtime = self.runtime.clone();
         let insert = Insert {
             messages,
-            // Runs on the store's completion thread, in commit order.
+            // Runs after the commit, in commit order (on the writer thread, or on the store's
+            // completion thread for a large batch).
             done: Some(Box::new(move |committed| {
                 if committed.is_ok() {
                     runtime.block_on(async {
