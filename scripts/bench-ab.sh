@@ -17,7 +17,7 @@ shift 2
 export NEBULA_SECRET=${NEBULA_SECRET:-$(head -c 32 /dev/urandom | base64)}
 for r in $(seq 1 "$rounds"); do
   for bin in "$@"; do
-    NEBULA_BIN=$bin scripts/bench-cluster.sh ab | grep -E "cross-node deliveries|cpu|seed[0-9]+ delivery latency" \
+    NEBULA_BIN=$bin scripts/bench-cluster.sh ab | grep -E "cross-node deliveries|ack latency|cpu|seed[0-9]+ delivery latency" \
       | sed "s|^|$bin r$r |" >> "$out"
   done
 done

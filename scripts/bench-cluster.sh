@@ -22,6 +22,8 @@ export CLUSTER_DIR=/tmp/cb-$tag REDIS_PORT=6399 BASE_PORT=8180 NEBULA_BIN=${NEBU
 export NEBULA_FLAGS="--publish-rate 0 --connect-rate 0"
 [ -x ./target/release/nebula-bench ] || cargo build --release --bin nebula-bench -q
 rm -rf "$CLUSTER_DIR" "/dev/shm/cb-$tag"
+# The previous cluster's files (hundreds of MB) leave the disk before this one fsyncs on it.
+sync; sleep 2
 if [ "${NODES_ON_TMPFS:-0}" = 1 ]; then
   mkdir -p "$CLUSTER_DIR"
   for i in 1 2 3; do mkdir -p "/dev/shm/cb-$tag/node$i"; ln -s "/dev/shm/cb-$tag/node$i" "$CLUSTER_DIR/node$i"; done
