@@ -21,6 +21,10 @@ ulimit -n "$(ulimit -Hn)"
 export CLUSTER_DIR=/tmp/cb-$tag REDIS_PORT=6399 BASE_PORT=8180 NEBULA_BIN=${NEBULA_BIN:-./target/release/nebula}
 export NEBULA_FLAGS="--publish-rate 0 --connect-rate 0"
 [ -x ./target/release/nebula-bench ] || cargo build --release --bin nebula-bench -q
+# Two invocations with one TAG would share the cluster's directory, ports and pids file (the
+# second removes the first one's files and its exit stops the wrong cluster): refuse instead.
+exec 9> "/tmp/cb-$tag.lock"
+flock -n 9 || { echo "another scripts/bench-cluster.sh $tag is running" >&2; exit 1; }
 rm -rf "$CLUSTER_DIR" "/dev/shm/cb-$tag"
 # The previous cluster's files (hundreds of MB) leave the disk before this one fsyncs on it.
 sync; sleep 2

@@ -5,7 +5,8 @@ collects (scripts/bench-cluster.sh's output, each line prefixed with the build a
     scripts/bench-summary.py OUT...
 
 seed p50/p95/p99: every delivery of the seed scenario; cross p50/p95/p99: cross-node
-deliveries of the two-node command; redis/node1 cpu: seconds per cross-node run; aof and
+deliveries of the two-node command; cross ack p50/p95/p99: the publishers' acks in that
+command (files from the third measurement on); redis/node1 cpu: seconds per cross-node run; aof and
 node1 disk: bytes per message of a cross-node run (an AOF rewrite shows as a larger growth in
 the run it falls in and a negative one in the next)."""
 import collections
@@ -19,6 +20,9 @@ for path in sys.argv[1:]:
     for line in open(path):
         if m := re.match(r"(\S+) r\d+ cross\d+ cross-node deliveries \d+: " + LAT, line):
             for k, v in zip(("cross p50", "cross p95", "cross p99"), m.groups()[1:]):
+                figures[m[1]][k].append(float(v))
+        elif m := re.match(r"(\S+) r\d+ cross\d+ ack latency " + LAT, line):
+            for k, v in zip(("cross ack p50", "cross ack p95", "cross ack p99"), m.groups()[1:]):
                 figures[m[1]][k].append(float(v))
         elif m := re.match(r"(\S+) r\d+ seed\d+ delivery latency " + LAT, line):
             for k, v in zip(("seed p50", "seed p95", "seed p99"), m.groups()[1:]):
